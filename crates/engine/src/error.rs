@@ -1,0 +1,78 @@
+use std::fmt;
+use std::path::PathBuf;
+
+/// A position in a pipeline file, for messages that point at the culprit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the offending field, e.g. `stages.sim.params.d`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "field `{}`: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Error of a stage's own computation (boxed: stage kinds live outside the engine).
+pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Pipeline(Box<Located>),
+    #[error("cannot read pipeline {path}: {source}")]
+    ReadPipeline { path: PathBuf, source: std::io::Error },
+    #[error("stage `{stage}` failed: {source}")]
+    StageFailed { stage: String, source: StageError },
+    #[error("cache I/O error at {path}: {source}")]
+    CacheIo { path: PathBuf, source: std::io::Error },
+    #[error("cache entry {path} is unusable: {reason}")]
+    CacheCorrupt { path: PathBuf, reason: String },
+    #[error("table `{table}` in {path}: {source}")]
+    Table { path: PathBuf, table: String, source: polars::error::PolarsError },
+    #[error("stage `{stage}` has no input named `{input}`")]
+    NoSuchInput { stage: String, input: String },
+    #[error("input `{input}` of stage `{stage}` has no table `{table}`")]
+    NoSuchTable { stage: String, input: String, table: String },
+    #[error("cannot publish {from} to {to}: {source}")]
+    Publish { from: PathBuf, to: PathBuf, source: std::io::Error },
+}
+
+impl EngineError {
+    pub(crate) fn located(
+        file: &std::path::Path,
+        (line, column): (usize, usize),
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        EngineError::Pipeline(Box::new(Located {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }))
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| EngineError::CacheIo { path, source }
+    }
+
+    /// The location, when the error is a located pipeline error.
+    pub fn location(&self) -> Option<&Located> {
+        match self {
+            EngineError::Pipeline(l) => Some(l),
+            _ => None,
+        }
+    }
+}

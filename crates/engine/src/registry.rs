@@ -1,0 +1,157 @@
+//! Stage kinds: what a YAML `kind:` names. Registered from outside the engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::StageContext;
+use crate::error::StageError;
+
+/// A parameter that does not pass a kind's own checks (range, consistency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamIssue {
+    /// Dotted path inside `params`, e.g. `d` or `panels.0.x`.
+    pub field: String,
+    pub message: String,
+}
+
+impl ParamIssue {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamIssue { field: field.into(), message: message.into() }
+    }
+}
+
+/// Which upstream inputs a kind accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum InputArity {
+    None,
+    /// Exactly these input names.
+    Exactly(&'static [&'static str]),
+    /// Any names, at least one (e.g. plots).
+    AnyNonEmpty,
+}
+
+/// A stage kind with typed parameters.
+///
+/// `Params` is deserialized strictly from the YAML (`#[serde(deny_unknown_fields)]`
+/// on the struct) and re-serialized canonically for the cache key, so defaults
+/// filled in by serde are part of the key.
+pub trait Stage: Send + Sync + 'static {
+    type Params: DeserializeOwned + Serialize;
+    /// The name used in YAML, e.g. `mcm.psgd`.
+    const KIND: &'static str;
+    /// Part of every cache key: bump it when the stage's output changes meaning.
+    const VERSION: &'static str;
+    const INPUTS: InputArity = InputArity::None;
+
+    /// Checks beyond types: ranges and consistency.
+    fn validate(_params: &Self::Params) -> Result<(), ParamIssue> {
+        Ok(())
+    }
+
+    fn run(&self, params: Self::Params, ctx: &mut StageContext) -> Result<(), StageError>;
+}
+
+/// Object-safe face of [`Stage`].
+pub(crate) trait DynStage: Send + Sync {
+    fn version(&self) -> &'static str;
+    fn inputs(&self) -> InputArity;
+    fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue>;
+    fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError>;
+}
+
+struct Typed<S: Stage>(S);
+
+impl<S: Stage> DynStage for Typed<S> {
+    fn version(&self) -> &'static str {
+        S::VERSION
+    }
+    fn inputs(&self) -> InputArity {
+        S::INPUTS
+    }
+    fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue> {
+        let typed: S::Params = serde_path_to_error::deserialize(params).map_err(|e| {
+            let mut field = path_segments(&e.path().to_string());
+            let message = e.inner().to_string();
+            // Point at the unknown key itself, not at its parent mapping.
+            if let Some(name) = unknown_field_name(&message) {
+                if field.last().map(String::as_str) != Some(name) {
+                    field.push(name.to_string());
+                }
+            }
+            ParamIssue { field: field.join("."), message }
+        })?;
+        S::validate(&typed)?;
+        let json = serde_json::to_value(&typed)
+            .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
+        Ok(sort_keys(json))
+    }
+    fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError> {
+        let typed: S::Params = serde_json::from_value(params.clone())?;
+        self.0.run(typed, ctx)
+    }
+}
+
+/// `panels[0].x` -> [`panels`, `0`, `x`]; serde_path_to_error writes `.` for the root.
+pub(crate) fn path_segments(p: &str) -> Vec<String> {
+    p.replace('[', ".").replace(']', "").split('.').filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// The key named by serde's "unknown field `x`" message.
+pub(crate) fn unknown_field_name(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+}
+
+/// Canonical JSON: object keys sorted at every level (whatever serde_json's map is).
+pub(crate) fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let sorted: BTreeMap<String, serde_json::Value> =
+                m.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().collect())
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
+}
+
+/// The stage kinds a pipeline may name, and versions recorded in metadata.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
+    versions: BTreeMap<String, String>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        r.versions.insert("e2h-engine".into(), env!("CARGO_PKG_VERSION").into());
+        r
+    }
+
+    pub fn register<S: Stage>(&mut self, stage: S) -> &mut Self {
+        let previous = self.kinds.insert(S::KIND, Arc::new(Typed(stage)));
+        assert!(previous.is_none(), "stage kind `{}` registered twice", S::KIND);
+        self
+    }
+
+    /// Records a crate version in every entry's metadata.
+    pub fn record_version(&mut self, krate: &str, version: &str) -> &mut Self {
+        self.versions.insert(krate.into(), version.into());
+        self
+    }
+
+    pub fn kind_names(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn DynStage>> {
+        self.kinds.get(kind)
+    }
+
+    pub(crate) fn versions(&self) -> &BTreeMap<String, String> {
+        &self.versions
+    }
+}

@@ -1,0 +1,346 @@
+//! Executes a plan against the cache: each stage runs iff its key is absent
+//! or its entry fails verification (or when forced).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use crate::cache::{Cache, EntryMeta, EntryStatus, IndexRecord};
+use crate::context::{StageContext, UpstreamEntry};
+use crate::error::EngineError;
+use crate::plan::{Plan, PlannedStage};
+use crate::registry::Registry;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only explain what would run.
+    pub dry_run: bool,
+    /// Rerun every stage.
+    pub force_all: bool,
+    /// Rerun these declared stages (and so everything downstream whose key changes? no:
+    /// downstream keys do not change, so only these are recomputed).
+    pub force: Vec<String>,
+    /// Project root that `publish` paths are relative to.
+    pub publish_root: Option<PathBuf>,
+    pub show_progress: bool,
+}
+
+/// Why a stage runs (or not).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutcome {
+    Cached,
+    /// Would run / ran, with the reason.
+    Run(RunReason),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunReason {
+    /// No entry and no record of an earlier run of this stage.
+    Missing,
+    ParamsChanged(Vec<String>),
+    SeedChanged { from: u64, to: u64 },
+    KindVersionChanged { from: String, to: String },
+    UpstreamChanged(Vec<String>),
+    /// Same key as last time, but the entry is gone (e.g. garbage-collected).
+    EntryRemoved,
+    Corrupt(String),
+    Forced,
+}
+
+impl fmt::Display for RunReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunReason::Missing => f.write_str("missing (never run)"),
+            RunReason::ParamsChanged(p) => write!(f, "params changed: {}", p.join(", ")),
+            RunReason::SeedChanged { from, to } => write!(f, "seed changed: {from} -> {to}"),
+            RunReason::KindVersionChanged { from, to } => write!(f, "stage code version changed: {from} -> {to}"),
+            RunReason::UpstreamChanged(i) => write!(f, "upstream changed: {}", i.join(", ")),
+            RunReason::EntryRemoved => f.write_str("missing (entry removed from the cache)"),
+            RunReason::Corrupt(r) => write!(f, "corrupt entry: {r}"),
+            RunReason::Forced => f.write_str("forced"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub name: String,
+    pub key: String,
+    pub outcome: StageOutcome,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub stages: Vec<StageReport>,
+    pub published: Vec<PathBuf>,
+}
+
+impl RunReport {
+    pub fn ran(&self) -> usize {
+        self.stages.iter().filter(|s| matches!(s.outcome, StageOutcome::Run(_))).count()
+    }
+}
+
+pub struct Runner<'a> {
+    pub registry: &'a Registry,
+    pub cache: &'a Cache,
+    pub options: RunOptions,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(registry: &'a Registry, cache: &'a Cache, options: RunOptions) -> Self {
+        Runner { registry, cache, options }
+    }
+
+    pub fn run(&self, plan: &Plan) -> Result<RunReport, EngineError> {
+        let mut report = RunReport::default();
+        let mut metas: Vec<Option<EntryMeta>> = vec![None; plan.stages.len()];
+        let git_commit = git_commit();
+        for (i, stage) in plan.stages.iter().enumerate() {
+            let forced = self.options.force_all || self.options.force.iter().any(|f| f == &stage.decl);
+            let status = self.cache.status(&stage.key);
+            let reason = match (&status, forced) {
+                (_, true) => Some(RunReason::Forced),
+                (EntryStatus::Valid(_), false) => None,
+                (EntryStatus::Corrupt(r), false) => Some(RunReason::Corrupt(r.clone())),
+                (EntryStatus::Missing, false) => Some(self.explain_missing(plan, stage)),
+            };
+            let Some(reason) = reason else {
+                if let EntryStatus::Valid(meta) = status {
+                    metas[i] = Some(*meta);
+                }
+                report.stages.push(StageReport {
+                    name: stage.name.clone(),
+                    key: stage.key.clone(),
+                    outcome: StageOutcome::Cached,
+                    seconds: 0.0,
+                });
+                continue;
+            };
+            if self.options.dry_run {
+                report.stages.push(StageReport {
+                    name: stage.name.clone(),
+                    key: stage.key.clone(),
+                    outcome: StageOutcome::Run(reason),
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            if let RunReason::Corrupt(r) = &reason {
+                tracing::warn!("cache entry {} of stage `{}` is corrupt ({r}); recomputing", stage.key, stage.name);
+            }
+            let started = Instant::now();
+            let meta = self.compute(plan, stage, &metas, forced, git_commit.clone())?;
+            metas[i] = Some(meta);
+            report.stages.push(StageReport {
+                name: stage.name.clone(),
+                key: stage.key.clone(),
+                outcome: StageOutcome::Run(reason),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        if !self.options.dry_run {
+            if let Some(root) = &self.options.publish_root {
+                for (stage, meta) in plan.stages.iter().zip(&metas) {
+                    if let (Some(stem), Some(meta)) = (&stage.publish, meta) {
+                        report.published.extend(publish(self.cache, meta, &root.join(stem))?);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn explain_missing(&self, plan: &Plan, stage: &PlannedStage) -> RunReason {
+        let Some(prev) = self.cache.read_index(&plan.pipeline, &plan.profile, &stage.name) else {
+            return RunReason::Missing;
+        };
+        if prev.key == stage.key {
+            return RunReason::EntryRemoved;
+        }
+        if prev.kind_version != stage.kind_version {
+            return RunReason::KindVersionChanged { from: prev.kind_version, to: stage.kind_version.clone() };
+        }
+        let changed = diff_params(&prev.params, &stage.params);
+        if !changed.is_empty() {
+            return RunReason::ParamsChanged(changed);
+        }
+        if prev.seed != stage.seed {
+            return RunReason::SeedChanged { from: prev.seed, to: stage.seed };
+        }
+        let now = plan.input_keys(stage);
+        let inputs: Vec<String> = now
+            .iter()
+            .filter(|(name, keys)| prev.inputs.get(*name) != Some(keys))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !inputs.is_empty() {
+            return RunReason::UpstreamChanged(inputs);
+        }
+        RunReason::Missing
+    }
+
+    fn compute(
+        &self,
+        plan: &Plan,
+        stage: &PlannedStage,
+        metas: &[Option<EntryMeta>],
+        forced: bool,
+        git_commit: Option<String>,
+    ) -> Result<EntryMeta, EngineError> {
+        let _lock = self.cache.lock(&stage.key)?;
+        // Another process may have computed the key while we waited for the lock.
+        if !forced {
+            if let EntryStatus::Valid(meta) = self.cache.status(&stage.key) {
+                tracing::info!("{}: computed meanwhile by another run", stage.name);
+                return Ok(*meta);
+            }
+        }
+        self.cache.discard(&stage.key)?;
+        let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
+        let pending = self.cache.begin(&stage.key)?;
+        let inputs: BTreeMap<String, Vec<UpstreamEntry>> = stage
+            .inputs
+            .iter()
+            .map(|(name, idx)| {
+                let ups = idx
+                    .iter()
+                    .map(|&j| {
+                        let up = &plan.stages[j];
+                        UpstreamEntry {
+                            stage: up.name.clone(),
+                            sweep: up.sweep.clone(),
+                            dir: self.cache.entry_dir(&up.key),
+                            meta: metas[j].clone().expect("upstream computed first"),
+                        }
+                    })
+                    .collect();
+                (name.clone(), ups)
+            })
+            .collect();
+        let mut ctx = StageContext {
+            name: stage.name.clone(),
+            seed: stage.seed,
+            inputs,
+            out_dir: pending.dir().to_path_buf(),
+            scratch_dir: self.cache.scratch_dir(&stage.key),
+            tables: BTreeMap::new(),
+            info: BTreeMap::new(),
+            show_progress: self.options.show_progress,
+        };
+        tracing::info!("{}: running ({})", stage.name, stage.kind);
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        kind.run(&stage.params, &mut ctx)
+            .map_err(|source| EngineError::StageFailed { stage: stage.name.clone(), source })?;
+        let meta = EntryMeta {
+            key: stage.key.clone(),
+            pipeline: plan.pipeline.clone(),
+            stage: stage.name.clone(),
+            kind: stage.kind.clone(),
+            kind_version: stage.kind_version.clone(),
+            params: stage.params.clone(),
+            seed: stage.seed,
+            inputs: plan.input_keys(stage),
+            crate_versions: self.registry.versions().clone(),
+            git_commit,
+            started: crate::time::iso8601(started_at),
+            finished: crate::time::iso8601(SystemTime::now()),
+            wall_seconds: clock.elapsed().as_secs_f64(),
+            tables: std::mem::take(&mut ctx.tables),
+            files: BTreeMap::new(),
+            info: std::mem::take(&mut ctx.info),
+        };
+        let meta = pending.commit(meta)?;
+        let scratch = self.cache.scratch_dir(&stage.key);
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch).map_err(EngineError::io(&scratch))?;
+        }
+        self.cache.write_index(
+            &plan.pipeline,
+            &plan.profile,
+            &stage.name,
+            &IndexRecord {
+                key: stage.key.clone(),
+                kind: stage.kind.clone(),
+                kind_version: stage.kind_version.clone(),
+                params: stage.params.clone(),
+                seed: stage.seed,
+                inputs: plan.input_keys(stage),
+            },
+        )?;
+        tracing::info!("{}: done in {:.1} s", stage.name, meta.wall_seconds);
+        Ok(meta)
+    }
+}
+
+/// Top-level param names whose values differ (added or removed included).
+fn diff_params(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    match (old.as_object(), new.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) if !x.is_object() && !x.is_array() => format!("{k} ({x} -> {y})"),
+                    _ => k.clone(),
+                })
+                .collect()
+        }
+        _ if old != new => vec!["params".into()],
+        _ => vec![],
+    }
+}
+
+/// Copies the entry's non-table files to `stem.<ext>` (a file named
+/// `figure.<ext>`) or `stem-<name>` (any other file). Atomic per file.
+fn publish(cache: &Cache, meta: &EntryMeta, stem: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let dir = cache.entry_dir(&meta.key);
+    let table_files: Vec<&str> = meta.tables.values().map(|t| t.file.as_str()).collect();
+    let mut out = Vec::new();
+    for name in meta.files.keys() {
+        if table_files.contains(&name.as_str()) {
+            continue;
+        }
+        let from = dir.join(name);
+        let file_stem = Path::new(name).file_stem().and_then(|s| s.to_str()).unwrap_or(name);
+        let ext = Path::new(name).extension().and_then(|s| s.to_str()).unwrap_or("");
+        let to = if file_stem == "figure" {
+            stem.with_extension(ext)
+        } else {
+            let base = stem.file_name().and_then(|s| s.to_str()).unwrap_or("out");
+            stem.with_file_name(format!("{base}-{name}"))
+        };
+        let bytes = std::fs::read(&from).map_err(|source| EngineError::Publish { from: from.clone(), to: to.clone(), source })?;
+        // Unchanged figures are not rewritten, so their mtime says when they last changed.
+        if std::fs::read(&to).map(|old| old == bytes).unwrap_or(false) {
+            out.push(to);
+            continue;
+        }
+        crate::cache::write_atomic(&to, &bytes)?;
+        out.push(to);
+    }
+    Ok(out)
+}
+
+/// The current git commit (with `-dirty` when the tree has changes), if any.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if dirty {
+        commit.push_str("-dirty");
+    }
+    Some(commit)
+}

@@ -1,0 +1,68 @@
+//! Parquet I/O through polars, and small column helpers that avoid pulling in
+//! polars' lazy engine (a large compile) for the few operations needed.
+
+use std::fs::File;
+use std::path::Path;
+
+use polars::prelude::*;
+
+/// Writes `df` as parquet with string key-value metadata (units, definitions).
+pub fn write_parquet(df: &mut DataFrame, path: &Path, metadata: &[(String, String)]) -> PolarsResult<u64> {
+    let file = File::create(path)?;
+    let kv = KeyValueMetadata::from_static(metadata.to_vec());
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_key_value_metadata(Some(kv))
+        .finish(df)
+}
+
+pub fn read_parquet(path: &Path) -> PolarsResult<DataFrame> {
+    let file = File::open(path)?;
+    ParquetReader::new(file).finish()
+}
+
+/// A numeric column as f64 (nulls become NaN).
+pub fn column_f64(df: &DataFrame, name: &str) -> PolarsResult<Vec<f64>> {
+    let s = df.column(name)?.as_materialized_series().cast(&DataType::Float64)?;
+    Ok(s.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+/// A column rendered as strings (numbers formatted, nulls as `null`).
+pub fn column_string(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
+    let s = df.column(name)?.as_materialized_series();
+    if let Ok(ca) = s.str() {
+        return Ok(ca.iter().map(|v| v.unwrap_or("null").to_string()).collect());
+    }
+    Ok((0..s.len()).map(|i| s.get(i).map(|v| v.to_string()).unwrap_or_default()).collect())
+}
+
+/// Rows of `df` whose column `name` equals `value` (numbers compared numerically).
+pub fn filter_eq(df: &DataFrame, name: &str, value: &serde_json::Value) -> PolarsResult<DataFrame> {
+    let mask: Vec<bool> = match value {
+        serde_json::Value::Number(n) => {
+            let target = n.as_f64().unwrap_or(f64::NAN);
+            column_f64(df, name)?
+                .iter()
+                .map(|v| (v - target).abs() <= 1e-12 * target.abs().max(1.0))
+                .collect()
+        }
+        serde_json::Value::Bool(b) => column_string(df, name)?.iter().map(|v| v == &b.to_string()).collect(),
+        serde_json::Value::String(s) => column_string(df, name)?.iter().map(|v| v == s).collect(),
+        other => column_string(df, name)?.iter().map(|v| v == &other.to_string()).collect(),
+    };
+    df.filter(&BooleanChunked::from_slice("mask".into(), &mask))
+}
+
+/// Vertical concatenation, columns matched by name (schemas must agree).
+pub fn concat(frames: Vec<DataFrame>) -> PolarsResult<DataFrame> {
+    let mut iter = frames.into_iter();
+    let Some(mut acc) = iter.next() else {
+        return Ok(DataFrame::empty());
+    };
+    for df in iter {
+        let df = df.select(acc.get_column_names_owned())?;
+        acc.vstack_mut(&df)?;
+    }
+    acc.align_chunks_par();
+    Ok(acc)
+}

@@ -1,0 +1,352 @@
+//! Online projected SGD of the denoiser on fresh MCM samples: overlap
+//! trajectories with test losses, and weak-recovery times.
+
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+use crate::denoiser::{Denoiser, Scratch};
+use crate::model::{dot, rng_for, Activation, Mcm, McmParams, NoiseLevel, SimRng};
+
+/// One training run's setup (the model instance is passed separately).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsgdConfig {
+    pub noise: NoiseLevel,
+    /// Number of neurons K.
+    pub neurons: usize,
+    pub activation: Activation,
+    pub a: f64,
+    /// Learning rate eta = delta / d^lr_exponent.
+    pub delta: f64,
+    pub lr_exponent: f64,
+}
+
+impl PsgdConfig {
+    pub fn learning_rate(&self, d: usize) -> f64 {
+        self.delta / (d as f64).powf(self.lr_exponent)
+    }
+}
+
+/// Streams of one replica: training samples, initialisation, test samples.
+fn replica_rngs(seed: u64, replica: u64) -> (SimRng, SimRng, SimRng) {
+    (rng_for(seed, 3 * replica), rng_for(seed, 3 * replica + 1), rng_for(seed, 3 * replica + 2))
+}
+
+/// The training loop's state for one replica.
+pub struct Trainer<'m> {
+    pub model: &'m Mcm,
+    pub cfg: PsgdConfig,
+    pub den: Denoiser,
+    pub n: u64,
+    eta: f64,
+    rng: SimRng,
+    x: Vec<f64>,
+    xt: Vec<f64>,
+    scratch: Scratch,
+}
+
+impl<'m> Trainer<'m> {
+    pub fn new(model: &'m Mcm, cfg: PsgdConfig, seed: u64, replica: u64) -> Self {
+        let d = model.params.d;
+        let (rng, mut init_rng, _) = replica_rngs(seed, replica);
+        let den = Denoiser::random(d, cfg.neurons, cfg.activation, cfg.a, &mut init_rng);
+        Trainer {
+            model,
+            cfg,
+            den,
+            n: 0,
+            eta: cfg.learning_rate(d),
+            rng,
+            x: vec![0.0; d],
+            xt: vec![0.0; d],
+            scratch: Scratch::new(d, cfg.neurons),
+        }
+    }
+
+    /// One fresh sample, one pSGD step. Draws 2d + 2 normals (d + 1 for
+    /// Rademacher-free latents: lambda, nu, z, xi).
+    #[inline]
+    pub fn step(&mut self) {
+        let NoiseLevel { alpha, sigma, .. } = self.cfg.noise;
+        self.model.sample_into(&mut self.rng, &mut self.x);
+        for (xti, xi) in self.xt.iter_mut().zip(&self.x) {
+            let xi_noise: f64 = StandardNormal.sample(&mut self.rng);
+            *xti = alpha * xi + sigma * xi_noise;
+        }
+        self.den.psgd_step(&self.x, &self.xt, alpha, self.eta, &mut self.scratch);
+        self.n += 1;
+    }
+
+    pub fn run_until(&mut self, n: u64) {
+        while self.n < n {
+            self.step();
+        }
+    }
+
+    /// (m_u, m_v) of neuron k.
+    pub fn overlaps(&self, k: usize) -> (f64, f64) {
+        let w = self.den.neuron(k);
+        (dot(w, &self.model.u), dot(w, &self.model.v))
+    }
+}
+
+/// Test losses of a denoiser (means of 1/2 ||D - x||^2 per sample).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestLosses {
+    pub mcm: f64,
+    pub mcm_se: f64,
+    pub gauss: f64,
+    pub gauss_se: f64,
+    pub wiener: f64,
+    /// Loss of alpha x_t, the optimal denoiser for isotropic Gaussian data.
+    pub isotropic: f64,
+}
+
+/// Loss of D0 = alpha x_t on any data with covariance trace d + beta_u:
+/// 1/2 (sigma^2 d + sigma^4 beta_u).
+pub fn isotropic_loss(p: &McmParams, noise: NoiseLevel) -> f64 {
+    let s2 = noise.sigma * noise.sigma;
+    0.5 * (s2 * p.d as f64 + s2 * s2 * p.beta_u)
+}
+
+/// Loss of the optimal linear (Wiener) denoiser alpha C (alpha^2 C + sigma^2)^-1 x_t:
+/// 1/2 sum_i lambda_i sigma^2 / (alpha^2 lambda_i + sigma^2).
+pub fn wiener_loss(p: &McmParams, noise: NoiseLevel) -> f64 {
+    let (a2, s2) = (noise.alpha * noise.alpha, noise.sigma * noise.sigma);
+    let spikes: f64 = p.spike_eigen().iter().map(|(l, _)| l * s2 / (a2 * l + s2)).sum();
+    0.5 * ((p.d as f64 - 2.0) * s2 + spikes)
+}
+
+/// Estimates the test losses on `n_test` fresh MCM and surrogate samples drawn
+/// from `rng`: the analytic baseline plus the mean excess over it.
+pub fn test_losses(model: &Mcm, den: &Denoiser, noise: NoiseLevel, n_test: usize, rng: &mut SimRng) -> TestLosses {
+    let d = model.params.d;
+    let (mut x, mut xt) = (vec![0.0; d], vec![0.0; d]);
+    let mut scratch = Scratch::new(d, den.k);
+    let mut stats = |gaussian: bool, rng: &mut SimRng| {
+        let (mut sum, mut sum2) = (0.0, 0.0);
+        for _ in 0..n_test {
+            if gaussian {
+                model.sample_gaussian_into(rng, &mut x);
+            } else {
+                model.sample_into(rng, &mut x);
+            }
+            for (xti, xi) in xt.iter_mut().zip(&x) {
+                let e: f64 = StandardNormal.sample(rng);
+                *xti = noise.alpha * xi + noise.sigma * e;
+            }
+            let e = den.excess_loss(&x, &xt, noise.alpha, &mut scratch);
+            sum += e;
+            sum2 += e * e;
+        }
+        let n = n_test as f64;
+        let mean = sum / n;
+        let var = (sum2 / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
+        (mean, (var / n).sqrt())
+    };
+    let base = isotropic_loss(&model.params, noise);
+    let (em, sm) = stats(false, rng);
+    let (eg, sg) = stats(true, rng);
+    TestLosses {
+        mcm: base + em,
+        mcm_se: sm,
+        gauss: base + eg,
+        gauss_se: sg,
+        wiener: wiener_loss(&model.params, noise),
+        isotropic: base,
+    }
+}
+
+/// `points` sample counts from 1 to n_max, log-spaced, plus 0; distinct and sorted.
+pub fn log_grid(n_max: u64, points: usize) -> Vec<u64> {
+    let mut g = vec![0u64];
+    if n_max == 0 {
+        return g;
+    }
+    let points = points.max(2);
+    for i in 0..points {
+        let f = i as f64 / (points - 1) as f64;
+        g.push((n_max as f64).powf(f).round() as u64);
+    }
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// One row of a trajectory: neuron `neuron` of replica `replica` after `n` samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrajectoryPoint {
+    pub replica: u64,
+    pub n: u64,
+    pub neuron: usize,
+    pub m_u: f64,
+    pub m_v: f64,
+    pub losses: TestLosses,
+}
+
+/// Trains `replicas` independent denoisers (in parallel) on the same model and
+/// records overlaps and test losses on `grid`. Same seed, same numbers,
+/// whatever the thread count: each replica owns its generator streams.
+pub fn trajectories(
+    model: &Mcm,
+    cfg: PsgdConfig,
+    seed: u64,
+    replicas: u64,
+    grid: &[u64],
+    n_test: usize,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Vec<TrajectoryPoint> {
+    let per_replica: Vec<Vec<TrajectoryPoint>> = (0..replicas)
+        .into_par_iter()
+        .map(|replica| {
+            let mut tr = Trainer::new(model, cfg, seed, replica);
+            let (_, _, test_seed_rng) = replica_rngs(seed, replica);
+            let mut out = Vec::new();
+            for &n in grid {
+                let before = tr.n;
+                tr.run_until(n);
+                on_progress(tr.n - before);
+                // The same test samples at every grid point (common random numbers in time).
+                let mut test_rng = test_seed_rng.clone();
+                let losses = test_losses(model, &tr.den, cfg.noise, n_test, &mut test_rng);
+                for k in 0..cfg.neurons {
+                    let (m_u, m_v) = tr.overlaps(k);
+                    out.push(TrajectoryPoint { replica, n, neuron: k, m_u, m_v, losses });
+                }
+            }
+            out
+        })
+        .collect();
+    per_replica.into_iter().flatten().collect()
+}
+
+/// Which overlap defines weak recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    U,
+    V,
+}
+
+/// Result of a weak-recovery run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recovery {
+    pub replica: u64,
+    /// First sample count at which max_k |m| >= threshold (checked every
+    /// `stride` samples), or the budget when censored.
+    pub n: u64,
+    pub censored: bool,
+    pub initial_overlap: f64,
+}
+
+/// Runs pSGD until some neuron's |overlap with `dir`| reaches `threshold`,
+/// or `budget` samples. Replicas in parallel, deterministic per seed.
+#[allow(clippy::too_many_arguments)]
+pub fn recovery_times(
+    model: &Mcm,
+    cfg: PsgdConfig,
+    seed: u64,
+    replicas: u64,
+    dir: Direction,
+    threshold: f64,
+    budget: u64,
+    stride: u64,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Vec<Recovery> {
+    let overlap = |tr: &Trainer| -> f64 {
+        (0..cfg.neurons)
+            .map(|k| {
+                let (mu, mv) = tr.overlaps(k);
+                match dir {
+                    Direction::U => mu.abs(),
+                    Direction::V => mv.abs(),
+                }
+            })
+            .fold(0.0, f64::max)
+    };
+    (0..replicas)
+        .into_par_iter()
+        .map(|replica| {
+            let mut tr = Trainer::new(model, cfg, seed, replica);
+            let initial_overlap = overlap(&tr);
+            let stride = stride.max(1);
+            let mut reported = 0;
+            loop {
+                if overlap(&tr) >= threshold {
+                    on_progress(budget - reported);
+                    return Recovery { replica, n: tr.n, censored: false, initial_overlap };
+                }
+                if tr.n >= budget {
+                    on_progress(budget - reported);
+                    return Recovery { replica, n: budget, censored: true, initial_overlap };
+                }
+                let next = (tr.n + stride).min(budget);
+                tr.run_until(next);
+                if tr.n - reported >= budget / 100 + 1 {
+                    on_progress(tr.n - reported);
+                    reported = tr.n;
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Coupling, NuLaw};
+
+    fn params(d: usize, coupling: Coupling) -> McmParams {
+        McmParams { d, beta_u: 2.0, beta_v: 5.0, nu: NuLaw::Rademacher, coupling }
+    }
+
+    fn cfg() -> PsgdConfig {
+        PsgdConfig { noise: NoiseLevel::at(0.3), neurons: 1, activation: Activation::Tanh2, a: 1.0, delta: 1.0, lr_exponent: 1.0 }
+    }
+
+    #[test]
+    fn same_seed_same_numbers_and_unit_norm() {
+        let model = Mcm::new(params(32, Coupling::None), 1);
+        let grid = log_grid(2000, 6);
+        let a = trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {});
+        let b = trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {});
+        assert_eq!(a, b);
+        let c = trajectories(&model, cfg(), 8, 3, &grid, 50, &|_| {});
+        assert_ne!(a, c);
+        // Thread count does not change the numbers.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let d = pool.install(|| trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {}));
+        assert_eq!(a, d);
+        let mut tr = Trainer::new(&model, cfg(), 1, 0);
+        tr.run_until(500);
+        assert!((dot(tr.den.neuron(0), tr.den.neuron(0)) - 1.0).abs() < 1e-10);
+    }
+
+    #[test]
+    fn u_is_learned_at_n_over_d_of_order_ten() {
+        let d = 64;
+        let model = Mcm::new(params(d, Coupling::None), 2);
+        let rec = recovery_times(&model, cfg(), 3, 4, Direction::U, 0.5, 200 * d as u64, 8, &|_| {});
+        for r in &rec {
+            assert!(!r.censored, "u not learned within n/d = 200: {r:?}");
+            assert!(r.n < 100 * d as u64, "u learned late: {r:?}");
+        }
+    }
+
+    #[test]
+    fn wiener_loss_matches_a_monte_carlo_of_the_linear_denoiser() {
+        // With the denoiser's neurons off (a = 0) the test loss is the isotropic baseline.
+        let p = params(16, Coupling::Linear { rho: 0.8 });
+        let model = Mcm::new(p, 4);
+        let noise = NoiseLevel::at(0.3);
+        let den = Denoiser { d: 16, k: 1, w: model.u.clone(), activation: Activation::Tanh2, a: 0.0 };
+        let l = test_losses(&model, &den, noise, 20000, &mut rng_for(1, 1));
+        assert!((l.mcm - l.isotropic).abs() < 1e-12);
+        // A linear neuron along the top eigenvector with the Wiener gain beats alpha x_t.
+        assert!(l.wiener < l.isotropic);
+    }
+
+    #[test]
+    fn log_grid_is_sorted_and_spans_the_range() {
+        let g = log_grid(1000, 4);
+        assert_eq!(g, vec![0, 1, 10, 100, 1000]);
+    }
+}

@@ -1,0 +1,228 @@
+//! Stage kinds of the mixed cumulant model: simulations, fits and theory.
+
+use e2h_engine::{ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_mcm::simulate::{self, PsgdConfig};
+use e2h_mcm::Mcm;
+
+use crate::frame::{quartiles, FrameBuilder};
+use crate::mcm_common::{activation_name, coupling_name, mcm_params, nu_name, positive, ModelFields};
+
+pub fn register(r: &mut Registry) {
+    r.record_version("e2h-mcm", env!("CARGO_PKG_VERSION"));
+    r.register(Trajectories);
+}
+
+fn default_lr_exponent() -> f64 {
+    1.0
+}
+fn default_grid_points() -> usize {
+    40
+}
+fn default_replicas() -> u64 {
+    16
+}
+fn default_n_test() -> usize {
+    1000
+}
+fn default_learned() -> f64 {
+    0.5
+}
+
+mcm_params! {
+    /// `mcm.trajectories`: online pSGD from random initialisations, overlaps
+    /// and test losses on a log-spaced grid of sample counts.
+    pub struct TrajectoriesParams {
+        /// eta = delta / d^lr_exponent.
+        pub delta: f64,
+        #[serde(default = "default_lr_exponent")]
+        pub lr_exponent: f64,
+        /// Training length in units of d (n_max = n_max_over_d * d).
+        pub n_max_over_d: f64,
+        #[serde(default = "default_grid_points")]
+        pub grid_points: usize,
+        /// Independent runs (initialisation and sample stream), in parallel.
+        #[serde(default = "default_replicas")]
+        pub replicas: u64,
+        /// Fresh test samples per loss estimate (the same ones at every grid point).
+        #[serde(default = "default_n_test")]
+        pub n_test: usize,
+        /// |m| at which a direction counts as learned in the summary table.
+        #[serde(default = "default_learned")]
+        pub learned_threshold: f64,
+    }
+}
+
+pub struct Trajectories;
+
+impl Stage for Trajectories {
+    type Params = TrajectoriesParams;
+    const KIND: &'static str = "mcm.trajectories";
+    const VERSION: &'static str = "1";
+
+    fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
+        p.validate_fields()?;
+        positive("delta", p.delta)?;
+        positive("n_max_over_d", p.n_max_over_d)?;
+        if p.replicas == 0 {
+            return Err(ParamIssue::new("replicas", "at least one replica is needed"));
+        }
+        if p.n_test < 2 {
+            return Err(ParamIssue::new("n_test", "at least two test samples are needed"));
+        }
+        if p.grid_points < 2 {
+            return Err(ParamIssue::new("grid_points", "at least two grid points are needed"));
+        }
+        Ok(())
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        let model = Mcm::new(p.model(), ctx.seed());
+        let cfg = PsgdConfig {
+            noise: p.noise(),
+            neurons: p.neurons,
+            activation: p.activation,
+            a: p.a,
+            delta: p.delta,
+            lr_exponent: p.lr_exponent,
+        };
+        let d = p.d as f64;
+        let n_max = (p.n_max_over_d * d).round() as u64;
+        let grid = simulate::log_grid(n_max, p.grid_points);
+        let bar = ctx.progress(n_max * p.replicas, "pSGD samples");
+        let points = simulate::trajectories(&model, cfg, ctx.seed(), p.replicas, &grid, p.n_test, &|n| bar.inc(n));
+        bar.finish();
+        ctx.record("learning_rate", cfg.learning_rate(p.d));
+        ctx.record("accumulation", "f64");
+
+        let col = |f: &dyn Fn(&simulate::TrajectoryPoint) -> f64| points.iter().map(f).collect::<Vec<f64>>();
+        let rows = points.len();
+        let mut trajectory = FrameBuilder::new()
+            .u64("seed", points.iter().map(|q| q.replica).collect())
+            .u64("d", vec![p.d as u64; rows])
+            .u64("n", points.iter().map(|q| q.n).collect())
+            .f64("n_over_d", col(&|q| q.n as f64 / d))
+            .u64("neuron", points.iter().map(|q| q.neuron as u64).collect())
+            .f64("m_u", col(&|q| q.m_u))
+            .f64("m_v", col(&|q| q.m_v))
+            .f64("loss_mcm", col(&|q| q.losses.mcm))
+            .f64("loss_mcm_se", col(&|q| q.losses.mcm_se))
+            .f64("loss_gauss", col(&|q| q.losses.gauss))
+            .f64("loss_gauss_se", col(&|q| q.losses.gauss_se))
+            .f64("loss_wiener", col(&|q| q.losses.wiener))
+            .f64("loss_isotropic", col(&|q| q.losses.isotropic))
+            .f64("t", vec![p.t; rows])
+            .f64("delta", vec![p.delta; rows])
+            .f64("eta", vec![cfg.learning_rate(p.d); rows])
+            .str("activation", vec![activation_name(p.activation); rows])
+            .str("coupling", vec![coupling_name(p.coupling); rows])
+            .f64("rho", vec![p.rho; rows])
+            .f64("beta_u", vec![p.beta_u; rows])
+            .f64("beta_v", vec![p.beta_v; rows])
+            .str("nu", vec![nu_name(p.nu); rows])
+            .build()?;
+        ctx.put_table(
+            "trajectory",
+            &mut trajectory,
+            &[
+                ("seed", "replica index (its own initialisation and sample stream)"),
+                ("n", "training samples seen (one pSGD step each)"),
+                ("n_over_d", "n / d"),
+                ("neuron", "neuron index k"),
+                ("m_u", "overlap w_k . u (sign is a symmetry for odd g)"),
+                ("m_v", "overlap w_k . v"),
+                ("loss_mcm", "test loss 1/2 ||D(x_t) - x||^2 per sample on fresh MCM samples (analytic alpha x_t baseline + mean excess)"),
+                ("loss_mcm_se", "standard error of loss_mcm"),
+                ("loss_gauss", "same on fresh samples of the Gaussian surrogate N(0, C)"),
+                ("loss_gauss_se", "standard error of loss_gauss"),
+                ("loss_wiener", "analytic loss of the optimal linear denoiser"),
+                ("loss_isotropic", "analytic loss of alpha x_t (optimal for isotropic data)"),
+                ("eta", "learning rate delta / d^lr_exponent"),
+            ],
+        )?;
+
+        let mut by_n = summarise_by_n(&points, &grid, p.neurons, d)?;
+        ctx.put_table(
+            "by_n",
+            &mut by_n,
+            &[
+                ("abs_m_u_median", "median over replicas of max_k |m_u|; _q25/_q75 quartiles"),
+                ("abs_m_v_median", "median over replicas of max_k |m_v|; _q25/_q75 quartiles"),
+                ("excess_mcm_median", "median of loss_mcm - loss_isotropic; _q25/_q75 quartiles"),
+                ("excess_gauss_median", "median of loss_gauss - loss_isotropic"),
+                ("excess_wiener", "loss_wiener - loss_isotropic"),
+            ],
+        )?;
+        let mut summary = learned_summary(&by_n, p.learned_threshold)?;
+        ctx.put_table(
+            "summary",
+            &mut summary,
+            &[
+                ("n_over_d_u_learned", "first grid n/d at which the median max_k|m_u| reaches learned_threshold (inf: never)"),
+                ("n_over_d_v_learned", "same for |m_v|"),
+                ("final_abs_m_u_median", "median max_k |m_u| at n_max"),
+                ("final_abs_m_v_median", "median max_k |m_v| at n_max"),
+                ("final_mcm_minus_wiener", "median loss_mcm - loss_wiener at n_max (negative: beats every linear denoiser)"),
+                ("final_gauss_minus_wiener", "median loss_gauss - loss_wiener at n_max (never below 0 beyond noise)"),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Quartiles over replicas at each grid point (max over neurons within a replica).
+fn summarise_by_n(
+    points: &[simulate::TrajectoryPoint],
+    grid: &[u64],
+    neurons: usize,
+    d: f64,
+) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 16];
+    for &n in grid {
+        let at: Vec<&simulate::TrajectoryPoint> = points.iter().filter(|q| q.n == n).collect();
+        let per_replica = |f: &dyn Fn(&simulate::TrajectoryPoint) -> f64| -> Vec<f64> {
+            at.chunks(neurons).map(|c| c.iter().map(|q| f(q)).fold(f64::NEG_INFINITY, f64::max)).collect()
+        };
+        let mu = quartiles(&per_replica(&|q| q.m_u.abs()));
+        let mv = quartiles(&per_replica(&|q| q.m_v.abs()));
+        let em = quartiles(&per_replica(&|q| q.losses.mcm - q.losses.isotropic));
+        let eg = quartiles(&per_replica(&|q| q.losses.gauss - q.losses.isotropic));
+        let w = at.first().map_or(f64::NAN, |q| q.losses.wiener - q.losses.isotropic);
+        let values = [
+            n as f64, n as f64 / d, mu.0, mu.1, mu.2, mv.0, mv.1, mv.2, em.0, em.1, em.2, eg.0, eg.1, eg.2, w,
+            at.first().map_or(f64::NAN, |q| q.losses.isotropic),
+        ];
+        for (c, v) in cols.iter_mut().zip(values) {
+            c.push(v);
+        }
+    }
+    let names = [
+        "n", "n_over_d", "abs_m_u_q25", "abs_m_u_median", "abs_m_u_q75", "abs_m_v_q25", "abs_m_v_median",
+        "abs_m_v_q75", "excess_mcm_q25", "excess_mcm_median", "excess_mcm_q75", "excess_gauss_q25",
+        "excess_gauss_median", "excess_gauss_q75", "excess_wiener", "loss_isotropic",
+    ];
+    let mut b = FrameBuilder::new();
+    for (name, c) in names.iter().zip(cols) {
+        b = b.f64(name, c);
+    }
+    b.build()
+}
+
+fn learned_summary(by_n: &polars::prelude::DataFrame, threshold: f64) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+    use e2h_engine::table::column_f64;
+    let x = column_f64(by_n, "n_over_d")?;
+    let first = |col: &str| -> polars::prelude::PolarsResult<f64> {
+        let m = column_f64(by_n, col)?;
+        Ok(x.iter().zip(&m).find(|(_, m)| **m >= threshold).map_or(f64::INFINITY, |(x, _)| *x))
+    };
+    let last = |col: &str| -> polars::prelude::PolarsResult<f64> { Ok(*column_f64(by_n, col)?.last().unwrap_or(&f64::NAN)) };
+    let w = last("excess_wiener")?;
+    FrameBuilder::new()
+        .f64("learned_threshold", vec![threshold])
+        .f64("n_over_d_u_learned", vec![first("abs_m_u_median")?])
+        .f64("n_over_d_v_learned", vec![first("abs_m_v_median")?])
+        .f64("final_abs_m_u_median", vec![last("abs_m_u_median")?])
+        .f64("final_abs_m_v_median", vec![last("abs_m_v_median")?])
+        .f64("final_mcm_minus_wiener", vec![last("excess_mcm_median")? - w])
+        .f64("final_gauss_minus_wiener", vec![last("excess_gauss_median")? - w])
+        .build()
+}

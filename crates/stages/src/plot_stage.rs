@@ -1,0 +1,345 @@
+//! `plot.figure`: a declarative figure over upstream tables. Panels name an
+//! input, a table, row filters and columns; nothing here knows what the
+//! columns mean, so a new figure or ablation needs only YAML.
+
+use std::collections::BTreeMap;
+
+use e2h_engine::table::{column_f64, column_string, filter_eq};
+use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_plot::{Figure, Heatmap, LegendPos, Marker, Panel, RefLine, Scale, Series, Style, StyleKind};
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+
+pub fn register(r: &mut Registry) {
+    r.record_version("e2h-plot", env!("CARGO_PKG_VERSION"));
+    r.register(PlotFigure);
+}
+
+fn default_columns() -> usize {
+    3
+}
+fn default_width() -> u32 {
+    620
+}
+fn default_height() -> u32 {
+    460
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FigureParams {
+    pub title: String,
+    #[serde(default = "default_columns")]
+    pub columns: usize,
+    #[serde(default = "default_width")]
+    pub panel_width: u32,
+    #[serde(default = "default_height")]
+    pub panel_height: u32,
+    pub panels: Vec<PanelParams>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AxisScale {
+    #[default]
+    Linear,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Legend {
+    #[default]
+    Best,
+    UpperLeft,
+    UpperRight,
+    LowerLeft,
+    LowerRight,
+    Hidden,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanelParams {
+    #[serde(default)]
+    pub title: String,
+    /// Input name (as in the stage's `inputs`).
+    pub input: String,
+    pub table: String,
+    /// Keep rows whose columns equal these values.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, serde_json::Value>,
+    /// One panel per distinct value of this column (its value joins the title).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Column on the x axis (line and point panels).
+    #[serde(default)]
+    pub x: Option<String>,
+    #[serde(default)]
+    pub x_label: String,
+    #[serde(default)]
+    pub y_label: String,
+    #[serde(default)]
+    pub x_scale: AxisScale,
+    #[serde(default)]
+    pub y_scale: AxisScale,
+    #[serde(default)]
+    pub x_range: Option<[f64; 2]>,
+    #[serde(default)]
+    pub y_range: Option<[f64; 2]>,
+    #[serde(default)]
+    pub legend: Legend,
+    #[serde(default)]
+    pub series: Vec<SeriesParams>,
+    #[serde(default)]
+    pub hlines: Vec<RefLineParams>,
+    #[serde(default)]
+    pub vlines: Vec<RefLineParams>,
+    #[serde(default)]
+    pub heatmap: Option<HeatmapParams>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesStyle {
+    #[default]
+    Line,
+    Dashed,
+    Points,
+    LinePoints,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesParams {
+    pub y: String,
+    /// Legend label; `{value}` is replaced by the `by` column's value.
+    #[serde(default)]
+    pub label: String,
+    /// One series per distinct value of this column.
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, serde_json::Value>,
+    /// Columns of a shaded band (e.g. quartiles).
+    #[serde(default)]
+    pub band: Option<[String; 2]>,
+    /// Columns of error-bar ends.
+    #[serde(default)]
+    pub err: Option<[String; 2]>,
+    /// Boolean column: markers drawn hollow where true (e.g. censored).
+    #[serde(default)]
+    pub hollow: Option<String>,
+    #[serde(default)]
+    pub style: SeriesStyle,
+    /// Palette index (default: the series' position).
+    #[serde(default)]
+    pub color: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefLineParams {
+    /// A constant position...
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// ...or the value of this column in the first (filtered) row.
+    #[serde(default)]
+    pub column: Option<String>,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub color: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeatmapParams {
+    pub x: String,
+    pub y: String,
+    pub z: String,
+    #[serde(default)]
+    pub colorbar_label: String,
+    #[serde(default)]
+    pub contours: Vec<f64>,
+}
+
+pub struct PlotFigure;
+
+impl Stage for PlotFigure {
+    type Params = FigureParams;
+    const KIND: &'static str = "plot.figure";
+    const VERSION: &'static str = "1";
+    const INPUTS: InputArity = InputArity::AnyNonEmpty;
+
+    fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
+        if p.panels.is_empty() {
+            return Err(ParamIssue::new("panels", "a figure needs at least one panel"));
+        }
+        if p.columns == 0 {
+            return Err(ParamIssue::new("columns", "columns must be at least 1"));
+        }
+        for (i, panel) in p.panels.iter().enumerate() {
+            if panel.heatmap.is_none() && (panel.x.is_none() || panel.series.is_empty()) {
+                return Err(ParamIssue::new(format!("panels.{i}"), "a panel needs `x` and `series`, or a `heatmap`"));
+            }
+            for (j, l) in panel.hlines.iter().chain(&panel.vlines).enumerate() {
+                if l.value.is_some() == l.column.is_some() {
+                    return Err(ParamIssue::new(format!("panels.{i}.hlines.{j}"), "a reference line needs exactly one of `value` and `column`"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        let mut fig = Figure::new(p.title.clone()).columns(p.columns).panel_size(p.panel_width, p.panel_height);
+        for (i, spec) in p.panels.iter().enumerate() {
+            let mut df = ctx.input_table(&spec.input, &spec.table)?;
+            for (col, v) in &spec.filter {
+                df = filter_eq(&df, col, v)?;
+            }
+            let parts: Vec<(String, DataFrame)> = match &spec.split {
+                None => vec![(spec.title.clone(), df)],
+                Some(col) => distinct(&df, col)?
+                    .into_iter()
+                    .map(|v| {
+                        let part = filter_eq(&df, col, &json_of(&v))?;
+                        let title = if spec.title.is_empty() { format!("{col} = {v}") } else { format!("{} ({col} = {v})", spec.title) };
+                        Ok((title, part))
+                    })
+                    .collect::<Result<_, StageError>>()?,
+            };
+            for (title, part) in parts {
+                fig = fig.panel(build_panel(spec, &title, &part).map_err(|e| format!("panel {i} (`{}`): {e}", spec.title))?);
+            }
+        }
+        e2h_plot::render(&fig, &ctx.output_path("figure"))?;
+        Ok(())
+    }
+}
+
+fn json_of(v: &str) -> serde_json::Value {
+    match v.parse::<f64>() {
+        Ok(x) => serde_json::json!(x),
+        Err(_) => serde_json::Value::String(v.to_string()),
+    }
+}
+
+/// Distinct values of a column, in first-appearance order.
+fn distinct(df: &DataFrame, col: &str) -> Result<Vec<String>, StageError> {
+    let mut seen = Vec::new();
+    for v in column_string(df, col)? {
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    Ok(seen)
+}
+
+fn scale(s: AxisScale) -> Scale {
+    match s {
+        AxisScale::Linear => Scale::Linear,
+        AxisScale::Log => Scale::Log,
+    }
+}
+
+fn build_panel(spec: &PanelParams, title: &str, df: &DataFrame) -> Result<Panel, StageError> {
+    let mut panel = Panel::new(title)
+        .labels(
+            if spec.x_label.is_empty() { spec.x.clone().unwrap_or_default() } else { spec.x_label.clone() },
+            spec.y_label.clone(),
+        )
+        .x_scale(scale(spec.x_scale))
+        .y_scale(scale(spec.y_scale))
+        .legend(match spec.legend {
+            Legend::Best => LegendPos::Best,
+            Legend::UpperLeft => LegendPos::UpperLeft,
+            Legend::UpperRight => LegendPos::UpperRight,
+            Legend::LowerLeft => LegendPos::LowerLeft,
+            Legend::LowerRight => LegendPos::LowerRight,
+            Legend::Hidden => LegendPos::Hidden,
+        });
+    if let Some([a, b]) = spec.x_range {
+        panel = panel.x_range(a, b);
+    }
+    if let Some([a, b]) = spec.y_range {
+        panel = panel.y_range(a, b);
+    }
+    let mut color = 0usize;
+    for s in &spec.series {
+        let mut rows = df.clone();
+        for (col, v) in &s.filter {
+            rows = filter_eq(&rows, col, v)?;
+        }
+        let groups: Vec<(String, DataFrame)> = match &s.by {
+            None => vec![(s.label.clone(), rows)],
+            Some(col) => distinct(&rows, col)?
+                .into_iter()
+                .map(|v| Ok((s.label.replace("{value}", &v), filter_eq(&rows, col, &json_of(&v))?)))
+                .collect::<Result<_, StageError>>()?,
+        };
+        for (label, g) in groups {
+            let x = column_f64(&g, spec.x.as_deref().unwrap_or_default())?;
+            let mut series = Series::new(label, x, column_f64(&g, &s.y)?).style(Style {
+                kind: match s.style {
+                    SeriesStyle::Line => StyleKind::Line,
+                    SeriesStyle::Dashed => StyleKind::Dashed,
+                    SeriesStyle::Points => StyleKind::Points,
+                    SeriesStyle::LinePoints => StyleKind::LineAndPoints,
+                },
+                color: Some(s.color.unwrap_or(color)),
+                marker: Marker::Circle,
+                ..Style::default()
+            });
+            if let Some([lo, hi]) = &s.band {
+                series = series.band(column_f64(&g, lo)?, column_f64(&g, hi)?);
+            }
+            if let Some([lo, hi]) = &s.err {
+                series = series.y_err(column_f64(&g, lo)?, column_f64(&g, hi)?);
+            }
+            if let Some(h) = &s.hollow {
+                series = series.hollow(column_f64(&g, h)?.iter().map(|v| *v != 0.0).collect());
+            }
+            panel = panel.series(series);
+            color += 1;
+        }
+    }
+    for (lines, horizontal) in [(&spec.hlines, true), (&spec.vlines, false)] {
+        for l in lines {
+            let value = match (&l.value, &l.column) {
+                (Some(v), _) => *v,
+                (None, Some(c)) => *column_f64(df, c)?.first().ok_or_else(|| format!("no rows for reference line `{c}`"))?,
+                (None, None) => unreachable!("validated"),
+            };
+            let mut style = Style::dashed().width(2);
+            if let Some(c) = l.color {
+                style = style.color(c);
+            }
+            let line = RefLine::new(value).label(l.label.clone()).style(style);
+            panel = if horizontal { panel.hline(line) } else { panel.vline(line) };
+        }
+    }
+    if let Some(h) = &spec.heatmap {
+        let (xs, ys, zs) = (column_f64(df, &h.x)?, column_f64(df, &h.y)?, column_f64(df, &h.z)?);
+        let axis = |v: &[f64]| {
+            let mut u: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            u.sort_by(f64::total_cmp);
+            u.dedup();
+            u
+        };
+        let (gx, gy) = (axis(&xs), axis(&ys));
+        let mut z = vec![vec![f64::NAN; gx.len()]; gy.len()];
+        for ((x, y), v) in xs.iter().zip(&ys).zip(&zs) {
+            if let (Ok(i), Ok(j)) = (gx.binary_search_by(|a| a.total_cmp(x)), gy.binary_search_by(|a| a.total_cmp(y))) {
+                z[j][i] = *v;
+            }
+        }
+        let mut hm = Heatmap::new(gx, gy, z).colorbar_label(h.colorbar_label.clone());
+        if !h.contours.is_empty() {
+            hm = hm.contour_levels(h.contours.clone());
+        }
+        panel = panel.heatmap(hm);
+    }
+    Ok(panel)
+}

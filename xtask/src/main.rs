@@ -1,0 +1,81 @@
+//! `cargo xtask`: the project's command line (rust-analyzer style: one module per task).
+
+mod cache_cmd;
+mod check;
+mod figure;
+mod pipeline;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Reproducible figure pipelines for Bardone, Merger & Goldt (2026)")]
+struct Cli {
+    /// Project root: pipelines/, figures/ and cache/ are found here.
+    #[arg(long, global = true, env = "E2H_ROOT")]
+    root: Option<PathBuf>,
+    /// Cache directory (default: <root>/cache).
+    #[arg(long, global = true, env = "E2H_CACHE")]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build figure N from pipelines/figN-*.yaml.
+    Figure {
+        number: u32,
+        #[command(flatten)]
+        run: pipeline::RunArgs,
+    },
+    /// Run any pipeline file (an ablation, the CIFAR baseline).
+    Run {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        run: pipeline::RunArgs,
+    },
+    /// Run every figure's `ci` profile, evaluate its declared checks and compare
+    /// its tables with the committed baselines.
+    Check(check::CheckArgs),
+    /// Inspect or clean the cache.
+    Cache {
+        #[command(subcommand)]
+        action: cache_cmd::CacheAction,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("E2H_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let ctx = match pipeline::Context::new(cli.root, cli.cache) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let result = match cli.command {
+        Command::Figure { number, run } => figure::pipeline_of(&ctx, number).and_then(|p| pipeline::run(&ctx, &p, &run)),
+        Command::Run { pipeline, run } => pipeline::run(&ctx, &pipeline, &run),
+        Command::Check(args) => check::run(&ctx, &args),
+        Command::Cache { action } => cache_cmd::run(&ctx, action),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::ExitCode::FAILURE
+}

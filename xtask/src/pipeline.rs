@@ -1,0 +1,148 @@
+//! Running one pipeline file: plan, execute (or explain), publish, print.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use e2h_engine::runner::RunReason;
+use e2h_engine::{Cache, Plan, PipelineSpec, Registry, RunOptions, Runner, StageOutcome};
+
+/// Where things live.
+pub struct Context {
+    pub root: PathBuf,
+    pub cache_dir: PathBuf,
+    pub registry: Registry,
+}
+
+impl Context {
+    pub fn new(root: Option<PathBuf>, cache: Option<PathBuf>) -> anyhow::Result<Self> {
+        let root = match root {
+            Some(r) => r,
+            // xtask/ sits in the project root.
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf(),
+        };
+        let cache_dir = cache.unwrap_or_else(|| root.join("cache"));
+        Ok(Context { root, cache_dir, registry: e2h_stages::registry() })
+    }
+
+    pub fn cache(&self) -> anyhow::Result<Cache> {
+        Cache::open(&self.cache_dir).with_context(|| format!("cannot open the cache at {}", self.cache_dir.display()))
+    }
+
+    /// Loads and plans a pipeline; errors are located in the file.
+    pub fn plan(&self, path: &Path, profile: Option<&str>) -> anyhow::Result<(PipelineSpec, Plan)> {
+        let spec = PipelineSpec::load(path)?;
+        e2h_engine::check::validate_checks(&spec)?;
+        let plan = Plan::build(&spec, &self.registry, profile)?;
+        Ok((spec, plan))
+    }
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Profile to run (e.g. ci, paper; default: the file's default_profile).
+    #[arg(long, short)]
+    pub profile: Option<String>,
+    /// Explain which stages would run and why, without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rerun every stage even when cached.
+    #[arg(long)]
+    pub force: bool,
+    /// Rerun this declared stage even when cached (repeatable).
+    #[arg(long = "force-stage")]
+    pub force_stage: Vec<String>,
+    /// Print these tables after the run, as `stage/table` (repeatable).
+    #[arg(long)]
+    pub print: Vec<String>,
+}
+
+pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (_spec, plan) = ctx.plan(path, args.profile.as_deref())?;
+    let cache = ctx.cache()?;
+    let runner = Runner::new(
+        &ctx.registry,
+        &cache,
+        RunOptions {
+            dry_run: args.dry_run,
+            force_all: args.force,
+            force: args.force_stage.clone(),
+            publish_root: Some(ctx.root.clone()),
+            show_progress: true,
+        },
+    );
+    let report = runner.run(&plan)?;
+    println!("pipeline {} (profile {}): {} stages", plan.pipeline, plan.profile, plan.stages.len());
+    for s in &report.stages {
+        let key = &s.key[..12];
+        match (&s.outcome, args.dry_run) {
+            (StageOutcome::Cached, _) => println!("  cached   {:<40} {key}", s.name),
+            (StageOutcome::Run(reason), true) => println!("  run      {:<40} {key}  ({reason})", s.name),
+            (StageOutcome::Run(reason), false) => {
+                let why = if matches!(reason, RunReason::Forced) { "forced".to_string() } else { reason.to_string() };
+                println!("  ran      {:<40} {key}  {:>8.1} s  ({why})", s.name, s.seconds)
+            }
+        }
+    }
+    for p in &report.published {
+        println!("  wrote    {}", p.strip_prefix(&ctx.root).unwrap_or(p).display());
+    }
+    for spec in &args.print {
+        print_table(ctx, &plan, &cache, spec)?;
+    }
+    println!("done in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_table(_ctx: &Context, plan: &Plan, cache: &Cache, spec: &str) -> anyhow::Result<()> {
+    let (stage, table) = spec.split_once('/').with_context(|| format!("--print expects stage/table, got `{spec}`"))?;
+    let mut found = false;
+    for s in plan.instances_of(stage) {
+        let e2h_engine::EntryStatus::Valid(meta) = cache.status(&s.key) else {
+            anyhow::bail!("stage `{}` has not run (use it without --dry-run first)", s.name);
+        };
+        let t = meta.tables.get(table).with_context(|| format!("stage `{}` has no table `{table}`", s.name))?;
+        let df = e2h_engine::table::read_parquet(&cache.entry_dir(&s.key).join(&t.file))?;
+        println!("\n{} / {table}:", s.name);
+        print!("{}", format_table(&df)?);
+        for (c, def) in &t.columns {
+            println!("  {c}: {def}");
+        }
+        found = true;
+    }
+    anyhow::ensure!(found, "no stage named `{stage}`");
+    Ok(())
+}
+
+/// Every row and column, aligned (polars' own display elides both).
+fn format_table(df: &polars::prelude::DataFrame) -> anyhow::Result<String> {
+    let names: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    for name in &names {
+        let col = df.column(name)?.as_materialized_series();
+        let rendered: Vec<String> = match col.cast(&polars::prelude::DataType::Float64) {
+            Ok(f) if col.dtype().is_primitive_numeric() => f
+                .f64()?
+                .iter()
+                .map(|v| v.map_or("null".into(), |x| if x.fract() == 0.0 && x.abs() < 1e15 { format!("{x:.0}") } else { format!("{x:.6}") }))
+                .collect(),
+            _ => e2h_engine::table::column_string(df, name)?,
+        };
+        cells.push(rendered);
+    }
+    let widths: Vec<usize> = names
+        .iter()
+        .zip(&cells)
+        .map(|(n, c)| c.iter().map(String::len).chain([n.len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    let line = |row: Vec<&str>| -> String {
+        row.iter().zip(&widths).map(|(v, w)| format!("{v:>w$}")).collect::<Vec<_>>().join("  ") + "\n"
+    };
+    out += &line(names.iter().map(String::as_str).collect());
+    for r in 0..df.height() {
+        out += &line(cells.iter().map(|c| c[r].as_str()).collect());
+    }
+    Ok(out)
+}
