@@ -1,0 +1,14 @@
+//! The mixed cumulant model (MCM) of Bardone, Merger & Goldt, and the simple
+//! spherical denoisers trained on it.
+//!
+//! This crate is pure science: it knows nothing of pipelines, YAML or caching.
+//! Every stochastic function takes an explicit seed or generator; results are
+//! bit-identical for the same seed whatever the number of threads.
+
+pub mod denoiser;
+pub mod model;
+pub mod population;
+pub mod simulate;
+pub mod theory;
+
+pub use model::{Activation, Coupling, Mcm, McmParams, NoiseLevel, NuLaw};
