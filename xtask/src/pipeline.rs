@@ -59,7 +59,11 @@ pub struct RunArgs {
 
 pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (_spec, plan) = ctx.plan(path, args.profile.as_deref())?;
+    let (spec, plan) = ctx.plan(path, args.profile.as_deref())?;
+    // The file's own default profile publishes to the declared paths; any other
+    // profile gets a suffix (figures/fig2-ci.png) so it never overwrites them.
+    let default = spec.file.default_profile.as_deref().unwrap_or(e2h_engine::plan::DEFAULT_PROFILE);
+    let publish_suffix = if plan.profile == default { String::new() } else { format!("-{}", plan.profile) };
     let cache = ctx.cache()?;
     let runner = Runner::new(
         &ctx.registry,
@@ -69,6 +73,7 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
             force_all: args.force,
             force: args.force_stage.clone(),
             publish_root: Some(ctx.root.clone()),
+            publish_suffix,
             show_progress: true,
         },
     );

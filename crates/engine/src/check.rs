@@ -88,11 +88,15 @@ impl CheckSpec {
     }
 
     fn expected(&self) -> String {
+        let what = match self.reduce {
+            Reduce::Only => self.column.clone(),
+            other => format!("{other:?}({})", self.column).to_lowercase(),
+        };
         match (self.min, self.max) {
-            (Some(a), Some(b)) => format!("{:?} of {} in [{a}, {b}]", self.reduce, self.column),
-            (Some(a), None) => format!("{:?} of {} >= {a}", self.reduce, self.column),
-            (None, Some(b)) => format!("{:?} of {} <= {b}", self.reduce, self.column),
-            (None, None) => format!("{:?} of {} is finite", self.reduce, self.column),
+            (Some(a), Some(b)) => format!("{what} in [{a}, {b}]"),
+            (Some(a), None) => format!("{what} >= {a}"),
+            (None, Some(b)) => format!("{what} <= {b}"),
+            (None, None) => format!("{what} finite"),
         }
     }
 
@@ -178,6 +182,15 @@ pub fn validate_checks(spec: &crate::spec::PipelineSpec) -> Result<(), EngineErr
         if c.min.zip(c.max).is_some_and(|(a, b)| a > b) {
             let idx = i.to_string();
             return Err(spec.error_at(&["checks", &idx, "min"], format!("check `{}`: min > max", c.name)));
+        }
+    }
+    for (i, r) in spec.file.regression.iter().enumerate() {
+        let idx = i.to_string();
+        if !spec.file.stages.contains_key(&r.stage) {
+            return Err(spec.error_at(&["regression", &idx, "stage"], format!("regression table names unknown stage `{}`", r.stage)));
+        }
+        if !(r.rtol >= 0.0 && r.atol >= 0.0) {
+            return Err(spec.error_at(&["regression", &idx, "rtol"], "tolerances must be >= 0"));
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod check;
 pub mod context;
 pub mod plan;
 pub mod registry;
+pub mod regress;
 pub mod runner;
 pub mod spec;
 pub mod table;

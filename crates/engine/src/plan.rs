@@ -159,6 +159,8 @@ impl Plan {
             };
 
             let mut idx = Vec::new();
+            // Cache key -> (instance name, sweep point) of this stage's instances.
+            let mut seen: BTreeMap<String, (String, Vec<(String, Value)>)> = BTreeMap::new();
             for point in sweep_points(&sweep) {
                 let mut p = params.clone();
                 for (k, v) in &point {
@@ -196,6 +198,26 @@ impl Plan {
                     .map(|(n, ix)| (n.clone(), ix.iter().map(|&i| stages[i].key.clone()).collect()))
                     .collect();
                 let key = stage_key(&decl.kind, kind.version(), &canonical, seed, &input_keys);
+                // Two instances with the same parameters (a value listed twice, or
+                // `1` and `1.0` for a float) would be stacked twice downstream.
+                if let Some((other, other_point)) = seen.get(&key) {
+                    let param = point
+                        .iter()
+                        .zip(other_point)
+                        .find(|((_, a), (_, b))| a != b)
+                        .map(|((p, _), _)| p.clone())
+                        .or_else(|| {
+                            sweep.iter().find(|(_, vs)| vs.iter().enumerate().any(|(i, v)| vs[..i].contains(v))).map(|(p, _)| p.clone())
+                        })
+                        .unwrap_or_default();
+                    let mut at = sweep_origin.clone();
+                    at.push(param.clone());
+                    return Err(spec.error_at(
+                        &as_strs(&at),
+                        format!("sweep over `{param}` repeats a value: `{other}` and `{instance_name}` have the same parameters"),
+                    ));
+                }
+                seen.insert(key.clone(), (instance_name.clone(), point.clone()));
                 idx.push(stages.len());
                 stages.push(PlannedStage {
                     name: instance_name,

@@ -84,6 +84,14 @@ impl<S: Stage> DynStage for Typed<S> {
             ParamIssue { field: field.join("."), message }
         })?;
         S::validate(&typed)?;
+        // JSON has no NaN or infinity: serde_json would write them as null, so that
+        // `.nan` and `-.inf` shared a cache key and the stage was handed a null.
+        let yaml = serde_yaml::to_value(&typed)
+            .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
+        let mut at = Vec::new();
+        if non_finite(&yaml, &mut at) {
+            return Err(ParamIssue::new(at.join("."), "must be a finite number (NaN and infinities cannot be cached)"));
+        }
         let json = serde_json::to_value(&typed)
             .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
         Ok(sort_keys(json))
@@ -91,6 +99,27 @@ impl<S: Stage> DynStage for Typed<S> {
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError> {
         let typed: S::Params = serde_json::from_value(params.clone())?;
         self.0.run(typed, ctx)
+    }
+}
+
+/// Pushes onto `at` the path to the first NaN or infinite number in `v`.
+fn non_finite(v: &serde_yaml::Value, at: &mut Vec<String>) -> bool {
+    let child = |name: String, v: &serde_yaml::Value, at: &mut Vec<String>| {
+        at.push(name);
+        let found = non_finite(v, at);
+        if !found {
+            at.pop();
+        }
+        found
+    };
+    match v {
+        serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|x| !x.is_finite()),
+        serde_yaml::Value::Sequence(s) => s.iter().enumerate().any(|(i, v)| child(i.to_string(), v, at)),
+        serde_yaml::Value::Mapping(m) => {
+            m.iter().any(|(k, v)| child(k.as_str().map_or_else(|| format!("{k:?}"), String::from), v, at))
+        }
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value, at),
+        _ => false,
     }
 }
 

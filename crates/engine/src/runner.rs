@@ -18,11 +18,14 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Rerun every stage.
     pub force_all: bool,
-    /// Rerun these declared stages (and so everything downstream whose key changes? no:
-    /// downstream keys do not change, so only these are recomputed).
+    /// Rerun these declared stages (downstream keys do not change, so only
+    /// these are recomputed).
     pub force: Vec<String>,
-    /// Project root that `publish` paths are relative to.
+    /// Project root that `publish` paths are relative to (None: publish nothing).
     pub publish_root: Option<PathBuf>,
+    /// Appended to every publish stem, e.g. `-ci` so that a profile's figures
+    /// do not overwrite the default ones.
+    pub publish_suffix: String,
     pub show_progress: bool,
 }
 
@@ -145,6 +148,7 @@ impl<'a> Runner<'a> {
             if let Some(root) = &self.options.publish_root {
                 for (stage, meta) in plan.stages.iter().zip(&metas) {
                     if let (Some(stem), Some(meta)) = (&stage.publish, meta) {
+                        let stem = format!("{stem}{}", self.options.publish_suffix);
                         report.published.extend(publish(self.cache, meta, &root.join(stem))?);
                     }
                 }

@@ -25,6 +25,9 @@ pub struct PipelineFile {
     pub profiles: BTreeMap<String, ProfileDecl>,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Tables compared with committed baselines by the regression checks.
+    #[serde(default)]
+    pub regression: Vec<crate::regress::RegressionSpec>,
 }
 
 /// One stage as declared.
@@ -77,6 +80,78 @@ pub struct StageOverride {
     pub publish: Option<Option<String>>,
 }
 
+/// The key named by serde_yaml's `duplicate entry with key "k"` message.
+fn duplicate_key_name(message: &str) -> Option<String> {
+    let quoted = message.split("duplicate entry with key ").nth(1)?;
+    serde_json::from_str::<String>(quoted.trim()).ok()
+}
+
+/// Applies YAML merge keys (`<<: *anchor`). serde_yaml's `apply_merge` resolves
+/// one level per call, so a mapping that merges a mapping which itself merges
+/// another kept a literal `<<` key (an "unknown field" error); it is applied
+/// until no `<<` is left. Its errors carry no position: on error, the key path
+/// of the first malformed `<<` (not a mapping or a list of mappings) is returned.
+fn apply_merges(value: &mut Value) -> Result<(), (serde_yaml::Error, Vec<String>)> {
+    let mut bad = Vec::new();
+    if !find_bad_merge(value, &mut bad) {
+        bad.clear();
+    }
+    // Each pass resolves one more link of every merge chain; 64 links is plenty.
+    for _ in 0..64 {
+        value.apply_merge().map_err(|e| (e, bad.clone()))?;
+        if !has_merge_key(value) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn is_merge_key(k: &Value) -> bool {
+    k.as_str() == Some("<<")
+}
+
+fn has_merge_key(v: &Value) -> bool {
+    match v {
+        Value::Mapping(m) => m.iter().any(|(k, v)| is_merge_key(k) || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
+    }
+}
+
+/// Pushes onto `at` the path to the first `<<` whose value cannot be merged.
+fn find_bad_merge(v: &Value, at: &mut Vec<String>) -> bool {
+    let child = |name: String, v: &Value, at: &mut Vec<String>| {
+        at.push(name);
+        let found = find_bad_merge(v, at);
+        if !found {
+            at.pop();
+        }
+        found
+    };
+    match v {
+        Value::Mapping(m) => m.iter().any(|(k, v)| {
+            let mergeable = match v {
+                Value::Mapping(_) => true,
+                Value::Sequence(s) => s.iter().all(Value::is_mapping),
+                _ => false,
+            };
+            if is_merge_key(k) && !mergeable {
+                at.push("<<".into());
+                return true;
+            }
+            let name = match k {
+                Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).map(|s| s.trim_end().to_string()).unwrap_or_default(),
+            };
+            child(name, v, at)
+        }),
+        Value::Sequence(s) => s.iter().enumerate().any(|(i, v)| child(i.to_string(), v, at)),
+        Value::Tagged(t) => find_bad_merge(&t.value, at),
+        _ => false,
+    }
+}
+
 fn some_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
@@ -107,9 +182,17 @@ impl PipelineSpec {
                 Some(i) => message[..i].to_string(),
                 None => message,
             };
+            // serde_yaml places a duplicate key at the start of its mapping; point at the duplicate.
+            let (line, col) = duplicate_key_name(&message)
+                .and_then(|key| crate::locate::duplicate_key(&source, (line, col), &key))
+                .unwrap_or((line, col));
             EngineError::located(path, (line, col), "", message)
         })?;
-        value.apply_merge().map_err(|e| EngineError::located(path, (1, 1), "", format!("YAML merge key: {e}")))?;
+        apply_merges(&mut value).map_err(|(e, at)| {
+            let at: Vec<&str> = at.iter().map(String::as_str).collect();
+            let pos = crate::locate::locate(&source, &at);
+            EngineError::located(path, pos, at.join("."), format!("YAML merge key: {e}"))
+        })?;
         let file: PipelineFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let mut field: Vec<String> = crate::registry::path_segments(&e.path().to_string());
             let message = e.inner().to_string();

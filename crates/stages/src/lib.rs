@@ -4,8 +4,11 @@
 //! Science crates know nothing of YAML or caching; the engine knows nothing of
 //! diffusion. This crate is the only place where the two meet.
 
+pub mod cifar_stages;
 mod frame;
 mod mcm_common;
+pub mod mcm_population;
+pub mod mcm_scaling;
 pub mod mcm_stages;
 pub mod plot_stage;
 
@@ -16,6 +19,9 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.record_version("e2h-stages", env!("CARGO_PKG_VERSION"));
     mcm_stages::register(&mut r);
+    mcm_scaling::register(&mut r);
+    mcm_population::register(&mut r);
+    cifar_stages::register(&mut r);
     plot_stage::register(&mut r);
     r
 }

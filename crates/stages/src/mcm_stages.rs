@@ -2,6 +2,8 @@
 
 use e2h_engine::{ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_mcm::simulate::{self, PsgdConfig};
+use e2h_mcm::population::PopulationLoss;
+use e2h_mcm::theory::{random_start, OverlapDynamics};
 use e2h_mcm::Mcm;
 
 use crate::frame::{quartiles, FrameBuilder};
@@ -57,7 +59,7 @@ pub struct Trajectories;
 impl Stage for Trajectories {
     type Params = TrajectoriesParams;
     const KIND: &'static str = "mcm.trajectories";
-    const VERSION: &'static str = "1";
+    const VERSION: &'static str = "2";
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         p.validate_fields()?;
@@ -152,7 +154,25 @@ impl Stage for Trajectories {
                 ("excess_wiener", "loss_wiener - loss_isotropic"),
             ],
         )?;
-        let mut summary = learned_summary(&by_n, p.learned_threshold)?;
+        // Theory: the population optimum, and the deterministic overlap dynamics
+        // from the typical start |m_u| = |m_v| = 1/sqrt(d) on the same grid.
+        let pop = PopulationLoss::new(p.model(), p.noise(), p.activation, p.a);
+        let optimum = pop.optimum();
+        let dynamics = OverlapDynamics::new(pop, p.d, p.delta, p.lr_exponent);
+        let grid_f: Vec<f64> = grid.iter().map(|&n| n as f64).collect();
+        let ode = dynamics.trajectory(random_start(p.d), &grid_f);
+        let mut theory = FrameBuilder::new()
+            .f64("n", grid_f.clone())
+            .f64("n_over_d", grid_f.iter().map(|n| n / d).collect())
+            .f64("abs_m_u", ode.iter().map(|m| m[0].abs()).collect())
+            .f64("abs_m_v", ode.iter().map(|m| m[1].abs()).collect())
+            .build()?;
+        ctx.put_table(
+            "theory",
+            &mut theory,
+            &[("abs_m_u", "ODE of the overlaps: spherical gradient flow of the population loss plus the eta^2 d G contraction, from |m| = 1/sqrt(d)")],
+        )?;
+        let mut summary = learned_summary(&by_n, p.learned_threshold, (optimum.m_u.abs(), optimum.m_v.abs()))?;
         ctx.put_table(
             "summary",
             &mut summary,
@@ -161,6 +181,9 @@ impl Stage for Trajectories {
                 ("n_over_d_v_learned", "same for |m_v|"),
                 ("final_abs_m_u_median", "median max_k |m_u| at n_max"),
                 ("final_abs_m_v_median", "median max_k |m_v| at n_max"),
+                ("optimum_abs_m_u", "|m_u| at the minimum of the population loss (quadrature)"),
+                ("optimum_abs_m_v", "|m_v| at the minimum of the population loss"),
+                ("final_m_v_over_optimum", "final_abs_m_v_median / optimum_abs_m_v (NaN when the optimum has m_v = 0)"),
                 ("final_mcm_minus_wiener", "median loss_mcm - loss_wiener at n_max (negative: beats every linear denoiser)"),
                 ("final_gauss_minus_wiener", "median loss_gauss - loss_wiener at n_max (never below 0 beyond noise)"),
             ],
@@ -207,7 +230,11 @@ fn summarise_by_n(
     b.build()
 }
 
-fn learned_summary(by_n: &polars::prelude::DataFrame, threshold: f64) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+fn learned_summary(
+    by_n: &polars::prelude::DataFrame,
+    threshold: f64,
+    (opt_u, opt_v): (f64, f64),
+) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
     use e2h_engine::table::column_f64;
     let x = column_f64(by_n, "n_over_d")?;
     let first = |col: &str| -> polars::prelude::PolarsResult<f64> {
@@ -222,6 +249,9 @@ fn learned_summary(by_n: &polars::prelude::DataFrame, threshold: f64) -> polars:
         .f64("n_over_d_v_learned", vec![first("abs_m_v_median")?])
         .f64("final_abs_m_u_median", vec![last("abs_m_u_median")?])
         .f64("final_abs_m_v_median", vec![last("abs_m_v_median")?])
+        .f64("optimum_abs_m_u", vec![opt_u])
+        .f64("optimum_abs_m_v", vec![opt_v])
+        .f64("final_m_v_over_optimum", vec![if opt_v > 1e-6 { last("abs_m_v_median")? / opt_v } else { f64::NAN }])
         .f64("final_mcm_minus_wiener", vec![last("excess_mcm_median")? - w])
         .f64("final_gauss_minus_wiener", vec![last("excess_gauss_median")? - w])
         .build()

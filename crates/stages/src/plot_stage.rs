@@ -112,6 +112,10 @@ pub enum SeriesStyle {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeriesParams {
+    /// Take the series from this table (of the panel's input) instead of the
+    /// panel's, e.g. to draw theory over simulations.
+    #[serde(default)]
+    pub table: Option<String>,
     pub y: String,
     /// Legend label; `{value}` is replaced by the `by` column's value.
     #[serde(default)]
@@ -211,7 +215,14 @@ impl Stage for PlotFigure {
                     .collect::<Result<_, StageError>>()?,
             };
             for (title, part) in parts {
-                fig = fig.panel(build_panel(spec, &title, &part).map_err(|e| format!("panel {i} (`{}`): {e}", spec.title))?);
+                let load = |table: &str| -> Result<DataFrame, StageError> {
+                    let mut df = ctx.input_table(&spec.input, table)?;
+                    for (col, v) in &spec.filter {
+                        df = filter_eq(&df, col, v)?;
+                    }
+                    Ok(df)
+                };
+                fig = fig.panel(build_panel(spec, &title, &part, &load).map_err(|e| format!("panel {i} (`{}`): {e}", spec.title))?);
             }
         }
         e2h_plot::render(&fig, &ctx.output_path("figure"))?;
@@ -237,6 +248,19 @@ fn distinct(df: &DataFrame, col: &str) -> Result<Vec<String>, StageError> {
     Ok(seen)
 }
 
+/// Replaces `{column}` in a label by that column's value in the first row.
+fn fill_template(label: &str, df: &DataFrame) -> Result<String, StageError> {
+    let mut out = label.to_string();
+    for name in df.get_column_names() {
+        let pattern = format!("{{{name}}}");
+        if out.contains(&pattern) {
+            let value = column_string(df, name)?.into_iter().next().unwrap_or_default();
+            out = out.replace(&pattern, &value);
+        }
+    }
+    Ok(out)
+}
+
 fn scale(s: AxisScale) -> Scale {
     match s {
         AxisScale::Linear => Scale::Linear,
@@ -244,7 +268,12 @@ fn scale(s: AxisScale) -> Scale {
     }
 }
 
-fn build_panel(spec: &PanelParams, title: &str, df: &DataFrame) -> Result<Panel, StageError> {
+fn build_panel(
+    spec: &PanelParams,
+    title: &str,
+    df: &DataFrame,
+    load: &dyn Fn(&str) -> Result<DataFrame, StageError>,
+) -> Result<Panel, StageError> {
     let mut panel = Panel::new(title)
         .labels(
             if spec.x_label.is_empty() { spec.x.clone().unwrap_or_default() } else { spec.x_label.clone() },
@@ -268,7 +297,10 @@ fn build_panel(spec: &PanelParams, title: &str, df: &DataFrame) -> Result<Panel,
     }
     let mut color = 0usize;
     for s in &spec.series {
-        let mut rows = df.clone();
+        let mut rows = match &s.table {
+            Some(t) => load(t)?,
+            None => df.clone(),
+        };
         for (col, v) in &s.filter {
             rows = filter_eq(&rows, col, v)?;
         }
@@ -279,7 +311,12 @@ fn build_panel(spec: &PanelParams, title: &str, df: &DataFrame) -> Result<Panel,
                 .map(|v| Ok((s.label.replace("{value}", &v), filter_eq(&rows, col, &json_of(&v))?)))
                 .collect::<Result<_, StageError>>()?,
         };
-        for (label, g) in groups {
+        let grouped = s.by.is_some();
+        for (group_index, (label, g)) in groups.into_iter().enumerate() {
+            let label = fill_template(&label, &g)?;
+            // Groups of a `by` series keep the same colours in every series of the
+            // panel (points, fits and theory of one case match).
+            let series_color = if grouped { s.color.unwrap_or(0) + group_index } else { s.color.unwrap_or(color) };
             let x = column_f64(&g, spec.x.as_deref().unwrap_or_default())?;
             let mut series = Series::new(label, x, column_f64(&g, &s.y)?).style(Style {
                 kind: match s.style {
@@ -288,7 +325,7 @@ fn build_panel(spec: &PanelParams, title: &str, df: &DataFrame) -> Result<Panel,
                     SeriesStyle::Points => StyleKind::Points,
                     SeriesStyle::LinePoints => StyleKind::LineAndPoints,
                 },
-                color: Some(s.color.unwrap_or(color)),
+                color: Some(series_color),
                 marker: Marker::Circle,
                 ..Style::default()
             });

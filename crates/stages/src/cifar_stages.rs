@@ -1,0 +1,172 @@
+//! CIFAR-10 stages: the Gaussian model of the training images (mean and
+//! covariance eigendecomposition) and the optimal linear denoiser's baseline.
+
+use std::collections::HashMap;
+
+use e2h_cifar::baseline::{baseline_table, BaselineConfig};
+use e2h_cifar::ddpm::DdpmSchedule;
+use e2h_cifar::loader::{load_split, Split};
+use e2h_cifar::stats::GaussianModel;
+use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameBuilder;
+
+pub fn register(r: &mut Registry) {
+    r.record_version("e2h-cifar", env!("CARGO_PKG_VERSION"));
+    r.register(GaussianModelStage);
+    r.register(WienerBaseline);
+}
+
+/// File of a Gaussian model entry: f64 tensors `mean` [d], `eigenvalues` [d]
+/// and `eigenvectors` [d, d] (row-major, column j the j-th eigenvector).
+pub const MODEL_FILE: &str = "gaussian_model.safetensors";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaussianModelParams {
+    /// Use the first `train_limit` training images (all when absent).
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+}
+
+/// `cifar.gaussian_model`: mean and covariance (f64) of the training images in
+/// [-1, 1], flattened CHW, and the covariance's eigendecomposition.
+pub struct GaussianModelStage;
+
+impl Stage for GaussianModelStage {
+    type Params = GaussianModelParams;
+    const KIND: &'static str = "cifar.gaussian_model";
+    const VERSION: &'static str = "1";
+
+    fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
+        if p.train_limit.is_some_and(|n| n < 2) {
+            return Err(ParamIssue::new("train_limit", "at least two training images are needed"));
+        }
+        Ok(())
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        let started = std::time::Instant::now();
+        let train = load_split(Split::Train, p.train_limit)?;
+        let loaded = started.elapsed().as_secs_f64();
+        let model = GaussianModel::fit_images(&train)?;
+        let fitted = started.elapsed().as_secs_f64() - loaded;
+        ctx.record("train_images", train.n as u64);
+        ctx.record("seconds_load_decode", loaded);
+        ctx.record("seconds_covariance_and_eigendecomposition", fitted);
+        save_model(&model, &ctx.output_path(MODEL_FILE))?;
+        let mut spectrum = FrameBuilder::new()
+            .u64("index", (0..model.eigenvalues.len() as u64).collect())
+            .f64("eigenvalue", model.eigenvalues.clone())
+            .build()?;
+        ctx.put_table("spectrum", &mut spectrum, &[("eigenvalue", "eigenvalues of the training covariance (pixels in [-1, 1]), decreasing, clipped at 0")])?;
+        Ok(())
+    }
+}
+
+fn save_model(m: &GaussianModel, path: &std::path::Path) -> Result<(), StageError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let d = m.mean.len();
+    let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut vectors = Vec::with_capacity(d * d);
+    for i in 0..d {
+        for j in 0..d {
+            vectors.push(m.eigenvectors[(i, j)]);
+        }
+    }
+    let (mean, values, vecs) = (bytes(&m.mean), bytes(&m.eigenvalues), bytes(&vectors));
+    let tensors = vec![
+        ("mean", TensorView::new(Dtype::F64, vec![d], &mean)?),
+        ("eigenvalues", TensorView::new(Dtype::F64, vec![d], &values)?),
+        ("eigenvectors", TensorView::new(Dtype::F64, vec![d, d], &vecs)?),
+    ];
+    let info: HashMap<String, String> = [("n_samples".to_string(), m.n_samples.to_string())].into();
+    safetensors::serialize_to_file(tensors, Some(info), path)?;
+    Ok(())
+}
+
+/// Reads a model written by `cifar.gaussian_model`.
+pub fn load_model(path: &std::path::Path) -> Result<GaussianModel, StageError> {
+    let bytes = std::fs::read(path)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let f64s = |name: &str| -> Result<Vec<f64>, StageError> {
+        let t = st.tensor(name)?;
+        Ok(t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    };
+    let (mean, eigenvalues, vecs) = (f64s("mean")?, f64s("eigenvalues")?, f64s("eigenvectors")?);
+    let d = mean.len();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let n_samples = meta.metadata().as_ref().and_then(|m| m.get("n_samples")).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let eigenvectors = faer::Mat::from_fn(d, d, |i, j| vecs[i * d + j]);
+    Ok(GaussianModel { mean, eigenvalues, eigenvectors, n_samples })
+}
+
+fn default_ts() -> Vec<usize> {
+    e2h_cifar::baseline::DEFAULT_TS.to_vec()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WienerParams {
+    /// Noise levels t of the DDPM schedule (1-based, at most 1000).
+    #[serde(default = "default_ts")]
+    pub ts: Vec<usize>,
+    /// Use the first `test_limit` test images (all when absent); the surrogate
+    /// gets as many samples.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+}
+
+/// `cifar.wiener_baseline`: the optimal linear denoiser's epsilon-MSE,
+/// analytic and on real test images and surrogate samples (same noise draws).
+pub struct WienerBaseline;
+
+impl Stage for WienerBaseline {
+    type Params = WienerParams;
+    const KIND: &'static str = "cifar.wiener_baseline";
+    const VERSION: &'static str = "1";
+    const INPUTS: InputArity = InputArity::Exactly(&["model"]);
+
+    fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
+        if let Some((i, t)) = p.ts.iter().enumerate().find(|(_, t)| **t == 0 || **t > 1000) {
+            return Err(ParamIssue::new(format!("ts.{i}"), format!("noise levels are 1..=1000, got {t}")));
+        }
+        if p.test_limit == Some(0) {
+            return Err(ParamIssue::new("test_limit", "at least one test image is needed"));
+        }
+        Ok(())
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        let input = &ctx.input("model")?[0];
+        let path = input.file(MODEL_FILE).ok_or("the model input has no Gaussian model file")?;
+        let model = load_model(&path)?;
+        let test = load_split(Split::Test, p.test_limit)?;
+        let cfg = BaselineConfig { ts: p.ts.clone(), n_test: p.test_limit, seed: ctx.seed() };
+        let rows = baseline_table(&model, &test, &DdpmSchedule::default(), &cfg)?;
+        let mut df = FrameBuilder::new()
+            .u64("t", rows.iter().map(|r| r.t as u64).collect())
+            .f64("alpha_bar", rows.iter().map(|r| r.alpha_bar).collect())
+            .f64("mmse_analytic", rows.iter().map(|r| r.mmse_analytic).collect())
+            .f64("wiener_real", rows.iter().map(|r| r.wiener_real).collect())
+            .f64("wiener_real_se", rows.iter().map(|r| r.wiener_real_se).collect())
+            .f64("wiener_surrogate", rows.iter().map(|r| r.wiener_surrogate).collect())
+            .f64("wiener_surrogate_se", rows.iter().map(|r| r.wiener_surrogate_se).collect())
+            .build()?;
+        ctx.record("test_images", test.n as u64);
+        ctx.put_table(
+            "baseline",
+            &mut df,
+            &[
+                ("t", "DDPM noise level, 1-based: alpha_bar_t = prod_{s<=t} (1 - beta_s), linear beta 1e-4..0.02, T = 1000"),
+                ("mmse_analytic", "per-dimension epsilon-MSE of the Wiener denoiser on the Gaussian model: mean_i abar l_i / (abar l_i + 1 - abar)"),
+                ("wiener_real", "empirical per-dimension epsilon-MSE of the Wiener denoiser on the real test images"),
+                ("wiener_real_se", "its standard error over images"),
+                ("wiener_surrogate", "the same on surrogate samples mu + V diag(sqrt l) z, with the same noise draws"),
+                ("wiener_surrogate_se", "its standard error"),
+            ],
+        )?;
+        Ok(())
+    }
+}
