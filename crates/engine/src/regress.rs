@@ -70,9 +70,13 @@ pub fn compare(actual: &DataFrame, expected: &DataFrame, rtol: f64, atol: f64, l
         if numeric {
             let (a, e) = (column_f64(actual, name)?, column_f64(expected, name)?);
             for (row, (x, y)) in a.iter().zip(&e).enumerate() {
-                let same = (x.is_nan() && y.is_nan())
-                    || (x.is_infinite() || y.is_infinite()) && x == y
-                    || (x - y).abs() <= atol + rtol * y.abs();
+                let same = if x.is_nan() || y.is_nan() {
+                    x.is_nan() && y.is_nan()
+                } else if x.is_infinite() || y.is_infinite() {
+                    x == y
+                } else {
+                    (x - y).abs() <= atol + rtol * y.abs()
+                };
                 if !same && found < limit {
                     out.push(Mismatch { column: name.clone(), row: Some(row), expected: format!("{y:e}"), actual: format!("{x:e}") });
                     found += 1;

@@ -176,12 +176,11 @@ impl PipelineSpec {
         // then the typed structure, located through the path of the failing field.
         let mut value: Value = serde_yaml::from_str(&source).map_err(|e| {
             let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let message = e.to_string();
-            // serde_yaml appends " at line L column C"; the location is printed already.
-            let message = match message.rfind(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
+            // serde_yaml writes " at line L column C" into the message; the location is
+            // printed already. Only that one is removed: a libyaml context's own
+            // location (`, while parsing a flow mapping at line 5 column 9`, where an
+            // unclosed mapping began) is kept; it used to be the one cut off.
+            let message = e.to_string().replacen(&format!(" at line {line} column {col}"), "", 1);
             // serde_yaml places a duplicate key at the start of its mapping; point at the duplicate.
             let (line, col) = duplicate_key_name(&message)
                 .and_then(|key| crate::locate::duplicate_key(&source, (line, col), &key))

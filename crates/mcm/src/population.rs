@@ -2,7 +2,9 @@
 //!
 //! The denoiser D(x_t) = alpha x_t + a g(w.x_t) w with ||w|| = 1 has per-sample loss
 //!
-//!     l = 1/2 ||D - x||^2 = l_0 + a g(y) (alpha y - h) + a^2/2 g(y)^2,
+//! ```text
+//! l = 1/2 ||D - x||^2 = l_0 + a g(y) (alpha y - h) + a^2/2 g(y)^2,
+//! ```
 //!
 //! with h = w.x, y = w.x_t = alpha h + sigma xi' and l_0 = 1/2 ||alpha x_t - x||^2 the
 //! loss of the isotropic baseline alpha x_t. Only the *excess* (the last two terms)

@@ -6,7 +6,9 @@
 //! gradient variance, [`PopulationLoss::grad_variance`]) dominating every other
 //! O(eta^2) term in high dimension,
 //!
-//!     m_u' - m_u = -eta (u.grad - m_u w.grad) - eta^2 ||grad||^2 m_u / 2 + O(eta^2).
+//! ```text
+//! m_u' - m_u = -eta (u.grad - m_u w.grad) - eta^2 ||grad||^2 m_u / 2 + O(eta^2).
+//! ```
 //!
 //! The mean of u.grad - m_u w.grad is the u-component of the spherical (Riemannian)
 //! gradient P grad L, P = I - w w^T, of the population loss; as L depends on w
@@ -14,8 +16,10 @@
 //! Averaging over one sample per step (the fluctuations are O(eta) with zero
 //! mean) gives the ODE in the number of samples n:
 //!
-//!     dm_u/dn = -eta [L_u (1 - m_u^2) - L_v m_u m_v] - eta^2 d G m_u / 2
-//!     dm_v/dn = -eta [L_v (1 - m_v^2) - L_u m_u m_v] - eta^2 d G m_v / 2
+//! ```text
+//! dm_u/dn = -eta [L_u (1 - m_u^2) - L_v m_u m_v] - eta^2 d G m_u / 2
+//! dm_v/dn = -eta [L_v (1 - m_v^2) - L_u m_u m_v] - eta^2 d G m_v / 2
+//! ```
 //!
 //! The first term is the spherical gradient flow (learning when the expansion
 //! coefficient c_k of the loss is negative), the second the contraction from the
