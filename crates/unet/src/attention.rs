@@ -1,0 +1,68 @@
+//! Single-head self-attention over spatial positions (Ho et al. 2020).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::layers::{Nin, group_norm, group_norm_params, softmax_last_dim};
+
+/// x + proj_out(softmax(q^T k / sqrt(C)) applied to v), with q, k, v from one 1x1
+/// convolution of GroupNorm(x). `proj_out` is zero-initialised, so the block
+/// starts as the identity. Parameters: `norm`, `qkv` (3C x C), `proj_out`.
+#[derive(Clone, Debug)]
+pub struct AttentionBlock {
+    norm: GroupNorm,
+    qkv: Nin,
+    proj_out: Nin,
+    channels: usize,
+}
+
+impl AttentionBlock {
+    /// Attention over `channels` channels.
+    pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: group_norm(groups, channels, vb.pp("norm"))?,
+            qkv: Nin::new(channels, 3 * channels, false, vb.pp("qkv"))?,
+            proj_out: Nin::new(channels, channels, true, vb.pp("proj_out"))?,
+            channels,
+        })
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        group_norm_params(self.channels) + self.qkv.param_count() + self.proj_out.param_count()
+    }
+
+    /// q, k, v as (B, C, HW) each.
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, c, h, w) = x.dims4()?;
+        let flat = self.norm.forward(x)?.reshape((b, c, h * w))?;
+        let qkv = self.qkv.forward_flat(&flat)?;
+        Ok((
+            qkv.narrow(1, 0, c)?.contiguous()?,
+            qkv.narrow(1, c, c)?.contiguous()?,
+            qkv.narrow(1, 2 * c, c)?.contiguous()?,
+        ))
+    }
+
+    fn weights_from(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        let logits = (q.transpose(1, 2)?.matmul(k)? * (1.0 / (self.channels as f64).sqrt()))?;
+        softmax_last_dim(&logits)
+    }
+
+    /// The attention weights (B, HW queries, HW keys); each row sums to one.
+    pub fn attention_weights(&self, x: &Tensor) -> Result<Tensor> {
+        let (q, k, _v) = self.qkv(x)?;
+        self.weights_from(&q, &k)
+    }
+
+    /// (B, C, H, W) -> (B, C, H, W).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (q, k, v) = self.qkv(x)?;
+        let attn = self.weights_from(&q, &k)?;
+        // out[b, c, i] = sum_j v[b, c, j] attn[b, i, j]
+        let out = v.matmul(&attn.transpose(1, 2)?)?;
+        let out = self.proj_out.forward_flat(&out)?.reshape((b, c, h, w))?;
+        x + out
+    }
+}

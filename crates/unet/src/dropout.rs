@@ -1,0 +1,78 @@
+//! Training/evaluation mode and reproducible dropout.
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Result, Tensor};
+use rand::Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::rng::{rng_for, stream};
+
+enum Source {
+    /// Masks drawn on the host from a seeded generator (CPU).
+    Host(Box<Xoshiro256PlusPlus>),
+    /// Masks drawn by the device generator, reseeded per step (CUDA).
+    Device,
+}
+
+/// Whether a forward pass trains (dropout on, with its random source) or evaluates.
+pub struct ForwardMode {
+    dropout: Option<RefCell<Source>>,
+}
+
+impl ForwardMode {
+    /// Evaluation: dropout off, deterministic.
+    pub fn eval() -> Self {
+        Self { dropout: None }
+    }
+
+    /// Training with dropout masks derived from `(seed, step)`. On the CPU the masks
+    /// come from a host `Xoshiro256PlusPlus`; on CUDA the device generator is
+    /// reseeded with the derived seed (`Device::set_seed`), so masks are
+    /// reproducible per device kind but differ between CPU and CUDA.
+    pub fn train(seed: u64, step: u64, device: &Device) -> Result<Self> {
+        let source = if device.is_cpu() {
+            Source::Host(Box::new(rng_for(seed, stream::DROPOUT, step)))
+        } else {
+            device.set_seed(crate::rng::derive_seed(seed, stream::DROPOUT, step))?;
+            Source::Device
+        };
+        Ok(Self {
+            dropout: Some(RefCell::new(source)),
+        })
+    }
+
+    /// Whether dropout is active.
+    pub fn is_train(&self) -> bool {
+        self.dropout.is_some()
+    }
+
+    /// Inverted dropout with drop probability `p` (identity in evaluation mode or for p = 0).
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let Some(source) = &self.dropout else {
+            return Ok(x.clone());
+        };
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if p >= 1.0 {
+            return x.zeros_like();
+        }
+        let scale = 1.0 / (1.0 - p);
+        let mask = match &mut *source.borrow_mut() {
+            Source::Host(rng) => {
+                let n = x.elem_count();
+                let (p32, s32) = (p as f32, scale as f32);
+                let values: Vec<f32> = (0..n)
+                    .map(|_| if rng.random::<f32>() < p32 { 0.0 } else { s32 })
+                    .collect();
+                Tensor::from_vec(values, x.shape(), x.device())?
+            }
+            Source::Device => Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+                .ge(p)?
+                .to_dtype(DType::F32)?
+                .affine(scale, 0.0)?,
+        };
+        x.mul(&mask)
+    }
+}

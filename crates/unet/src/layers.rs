@@ -1,0 +1,262 @@
+//! Primitive layers with the initialisation of Ho et al. 2020 (TensorFlow
+//! `variance_scaling(1, "fan_avg", "uniform")` for weights, zero biases; "zero
+//! initialised" layers get exactly zero weights where Ho uses scale 1e-10).
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+fn fan_avg_uniform(fan_in: usize, fan_out: usize) -> Init {
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+fn weight_init(fan_in: usize, fan_out: usize, zero: bool) -> Init {
+    if zero {
+        Init::Const(0.0)
+    } else {
+        fan_avg_uniform(fan_in, fan_out)
+    }
+}
+
+/// How k x k convolutions are computed. Both give the same function (up to
+/// float rounding); they differ in speed, most in the backward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvImpl {
+    /// im2col from pad/narrow/stack, then a batched matrix product (default).
+    #[default]
+    Im2col,
+    /// candle's `conv2d` (its backward uses `conv_transpose2d`).
+    Candle,
+}
+
+/// A k x k convolution with bias, NCHW. Parameters `weight` (out, in, k, k), `bias` (out).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    imp: ConvImpl,
+}
+
+impl Conv2d {
+    /// `zero_init`: weights start at exactly zero.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        zero_init: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let k2 = kernel * kernel;
+        let weight = vb.get_with_hints(
+            (c_out, c_in, kernel, kernel),
+            "weight",
+            weight_init(c_in * k2, c_out * k2, zero_init),
+        )?;
+        let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            imp: ConvImpl::default(),
+        })
+    }
+
+    /// Use `imp` to compute the convolution.
+    pub fn with_impl(mut self, imp: ConvImpl) -> Self {
+        self.imp = imp;
+        self
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+}
+
+impl Conv2d {
+    /// The same convolution through candle's `conv2d` (reference for tests).
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        let c_out = self.bias.dim(0)?;
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+    }
+}
+
+impl Module for Conv2d {
+    /// Convolution as im2col (built from pad/narrow/stack) followed by a batched
+    /// matrix product: forward and backward are then copies and matrix products.
+    /// candle's own conv2d backward (a naive conv_transpose2d on the CPU, slow
+    /// kernels on CUDA) was about 8x slower than its forward pass.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.imp == ConvImpl::Candle {
+            return self.forward_candle(x);
+        }
+        let (c_out, c_in, k, _) = self.weight.dims4()?;
+        let b = x.dim(0)?;
+        let (cols, ho, wo) = im2col(x, k, self.stride, self.padding)?;
+        let kk = c_in * k * k;
+        self.weight
+            .reshape((c_out, kk))?
+            .broadcast_as((b, c_out, kk))?
+            .matmul(&cols)?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1))?)?
+            .reshape((b, c_out, ho, wo))
+    }
+}
+
+/// Unfold the k x k patches of `x` (B, C, H, W), zero-padded by `padding`, at
+/// stride `stride`: returns (B, C k k, Ho Wo) with rows ordered (c, dy, dx) like
+/// a (C_out, C, k, k) kernel, and (Ho, Wo). Differentiable (pad, narrow, reshape,
+/// stack).
+pub fn im2col(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, usize, usize)> {
+    let (b, c, h, w) = x.dims4()?;
+    if stride == 0 || k == 0 {
+        candle_core::bail!("im2col: kernel and stride must be positive")
+    }
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if hp < k || wp < k {
+        candle_core::bail!("im2col: input {h}x{w} smaller than kernel {k}")
+    }
+    let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let mut cols = Vec::with_capacity(k * k);
+    if stride == 1 {
+        for dy in 0..k {
+            for dx in 0..k {
+                cols.push(xp.narrow(2, dy, ho)?.narrow(3, dx, wo)?.contiguous()?);
+            }
+        }
+    } else {
+        // Pad to multiples of the stride and split each spatial axis into
+        // (position / stride, position % stride): strided slices become narrows.
+        let (hs, ws) = (hp.div_ceil(stride), wp.div_ceil(stride));
+        let xr = xp
+            .pad_with_zeros(2, 0, hs * stride - hp)?
+            .pad_with_zeros(3, 0, ws * stride - wp)?
+            .reshape((b, c, hs, stride, ws, stride))?;
+        for dy in 0..k {
+            for dx in 0..k {
+                cols.push(
+                    xr.narrow(2, dy / stride, ho)?
+                        .narrow(3, dy % stride, 1)?
+                        .narrow(4, dx / stride, wo)?
+                        .narrow(5, dx % stride, 1)?
+                        .reshape((b, c, ho, wo))?,
+                );
+            }
+        }
+    }
+    let cols = Tensor::stack(&cols, 2)?.reshape((b, c * k * k, ho * wo))?;
+    Ok((cols, ho, wo))
+}
+
+/// A 1x1 convolution ("network in network") computed as a batched matrix
+/// product, which is cheaper than candle's convolution backward. Parameters
+/// `weight` (out, in), `bias` (out).
+#[derive(Clone, Debug)]
+pub struct Nin {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Nin {
+    /// `zero_init`: weights start at exactly zero.
+    pub fn new(c_in: usize, c_out: usize, zero_init: bool, vb: VarBuilder) -> Result<Self> {
+        let weight =
+            vb.get_with_hints((c_out, c_in), "weight", weight_init(c_in, c_out, zero_init))?;
+        let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+
+    /// (B, C, N) -> (B, C_out, N).
+    pub fn forward_flat(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _c, _n) = x.dims3()?;
+        let (c_out, c_in) = self.weight.dims2()?;
+        self.weight
+            .broadcast_as((b, c_out, c_in))?
+            .matmul(&x.contiguous()?)?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1))?)
+    }
+}
+
+impl Module for Nin {
+    /// (B, C, H, W) -> (B, C_out, H, W).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let c_out = self.bias.dim(0)?;
+        self.forward_flat(&x.reshape((b, c, h * w))?)?
+            .reshape((b, c_out, h, w))
+    }
+}
+
+/// A dense layer y = x W^T + b. Parameters `weight` (out, in), `bias` (out).
+#[derive(Clone, Debug)]
+pub struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// Dense layer with fan-avg uniform weights and zero bias.
+    pub fn new(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((d_out, d_in), "weight", fan_avg_uniform(d_in, d_out))?;
+        let bias = vb.get_with_hints(d_out, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Group normalisation (candle-nn's, built from differentiable ops), eps 1e-6 as
+/// in Ho et al.'s TensorFlow code. Parameters `weight` (ones), `bias` (zeros).
+pub fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<candle_nn::GroupNorm> {
+    candle_nn::group_norm(groups, channels, 1e-6, vb)
+}
+
+/// Number of scalar parameters of a group norm over `channels` channels.
+pub fn group_norm_params(channels: usize) -> usize {
+    2 * channels
+}
+
+/// Softmax over the last dimension from differentiable primitives (the max
+/// subtracted for stability is detached: it cancels in the result).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
