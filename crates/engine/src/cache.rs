@@ -140,13 +140,22 @@ impl Cache {
     /// Takes the per-key lock, blocking while another process computes the key.
     pub fn lock(&self, key: &str) -> Result<KeyLock, EngineError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(EngineError::io(&path))?;
-        file.lock().map_err(EngineError::io(&path))?;
+        let file = loop {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(EngineError::io(&path))?;
+            file.lock().map_err(EngineError::io(&path))?;
+            // `gc` deletes lock files (holding their lock). If it deleted this one
+            // between our open and our lock, we hold the lock of a deleted file, which
+            // excludes no one: a later run creates a new file and locks that. So
+            // keep the lock only if `path` is still the file we locked.
+            if is_same_file(&file, &path) {
+                break file;
+            }
+        };
         // We own the key now: temporary directories left for it by killed runs are garbage.
         self.remove_stale_tmp(key)?;
         Ok(KeyLock { _file: file })
@@ -241,6 +250,21 @@ impl Cache {
         }
         Ok(removed)
     }
+}
+
+/// Whether `path` names the open `file` (not a file created after it was deleted).
+#[cfg(unix)]
+fn is_same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_same_file(_file: &fs::File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// Holds the per-key lock until dropped.

@@ -20,7 +20,9 @@ pub fn locate(source: &str, path: &[&str]) -> (usize, usize) {
     let mut best = (1, 1);
     for key in path {
         let found = match scope {
-            Scope::Block { start, parent_indent, first_col } => find_in_block(&lines, start, parent_indent, first_col, key),
+            Scope::Block { start, parent_indent, first_col } => {
+                find_in_block(&lines, start, parent_indent, first_col, key)
+            }
             Scope::Flow { line, from } => find_in_flow(lines[line], line, from, key),
         };
         match found {
@@ -156,6 +158,19 @@ pub fn duplicate_key(source: &str, (line, column): (usize, usize), key: &str) ->
     None
 }
 
+/// 1-based position of the `---` that starts a second YAML document, if any.
+pub fn second_document(source: &str) -> Option<(usize, usize)> {
+    let mut in_document = false;
+    for (i, line) in source.lines().enumerate() {
+        let marker = line.strip_prefix("---").is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
+        if marker && in_document {
+            return Some((i + 1, 1));
+        }
+        in_document |= marker || !(strip_comment(line).trim().is_empty() || line.starts_with('%'));
+    }
+    None
+}
+
 /// (line index, byte column, scope) of `key` directly inside the flow
 /// collection opening at byte `from` of `raw` (a number indexes a `[...]`).
 fn find_in_flow(raw: &str, line: usize, from: usize, key: &str) -> Option<(usize, usize, Scope)> {
@@ -237,8 +252,7 @@ fn strip_comment(line: &str) -> &str {
 
 fn key_matches(trimmed: &str, key: &str) -> bool {
     let unquoted = trimmed.strip_prefix(['"', '\'']).unwrap_or(trimmed);
-    unquoted.starts_with(key)
-        && unquoted[key.len()..].trim_start_matches(['"', '\'']).trim_start().starts_with(':')
+    unquoted.starts_with(key) && unquoted[key.len()..].trim_start_matches(['"', '\'']).trim_start().starts_with(':')
 }
 
 #[cfg(test)]
@@ -296,6 +310,19 @@ mod tests {
         assert_eq!(locate(src, &["a", "b", "1", "d", "1"]), (1, 26));
         assert_eq!(locate(src, &["a", "c"]), (1, 32));
         assert_eq!(locate(src, &["a", "b", "1", "c"]), (1, 13));
+    }
+
+    #[test]
+    fn duplicates_and_documents() {
+        use super::{duplicate_key, second_document};
+        // serde_yaml reports a duplicate at the first key of its mapping.
+        let src = "a:\n  x: 1\n  y:\n    x: 0\n  x: 2\n";
+        assert_eq!(duplicate_key(src, (2, 3), "x"), Some((5, 3)));
+        assert_eq!(duplicate_key("a: {x: 1, y: {x: 0}, x: 2}\n", (1, 4), "x"), Some((1, 22)));
+        assert_eq!(duplicate_key(src, (2, 3), "z"), None);
+        assert_eq!(second_document("# c\n---\na: 1\n--- \nb: 2\n"), Some((4, 1)));
+        assert_eq!(second_document("a: 1\n---\nb: 2\n"), Some((2, 1)));
+        assert_eq!(second_document("---\na: 1\n"), None);
     }
 
     #[test]

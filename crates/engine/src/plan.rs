@@ -207,7 +207,10 @@ impl Plan {
                         .find(|((_, a), (_, b))| a != b)
                         .map(|((p, _), _)| p.clone())
                         .or_else(|| {
-                            sweep.iter().find(|(_, vs)| vs.iter().enumerate().any(|(i, v)| vs[..i].contains(v))).map(|(p, _)| p.clone())
+                            sweep
+                                .iter()
+                                .find(|(_, vs)| vs.iter().enumerate().any(|(i, v)| vs[..i].contains(v)))
+                                .map(|(p, _)| p.clone())
                         })
                         .unwrap_or_default();
                     let mut at = sweep_origin.clone();

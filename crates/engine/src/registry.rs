@@ -86,10 +86,10 @@ impl<S: Stage> DynStage for Typed<S> {
         S::validate(&typed)?;
         // JSON has no NaN or infinity: serde_json would write them as null, so that
         // `.nan` and `-.inf` shared a cache key and the stage was handed a null.
-        let yaml = serde_yaml::to_value(&typed)
-            .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
+        // (Found through YAML, which keeps them; a type YAML cannot represent is
+        // not checked.)
         let mut at = Vec::new();
-        if non_finite(&yaml, &mut at) {
+        if serde_yaml::to_value(&typed).is_ok_and(|yaml| non_finite(&yaml, &mut at)) {
             return Err(ParamIssue::new(at.join("."), "must be a finite number (NaN and infinities cannot be cached)"));
         }
         let json = serde_json::to_value(&typed)

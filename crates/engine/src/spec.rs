@@ -175,7 +175,11 @@ impl PipelineSpec {
         // Syntax first (serde_yaml locates those), then YAML merge keys (`<<: *anchor`),
         // then the typed structure, located through the path of the failing field.
         let mut value: Value = serde_yaml::from_str(&source).map_err(|e| {
-            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, col) = e.location().map_or_else(
+                // serde_yaml gives no position for a second document: point at its `---`.
+                || crate::locate::second_document(&source).unwrap_or((1, 1)),
+                |l| (l.line(), l.column()),
+            );
             // serde_yaml writes " at line L column C" into the message; the location is
             // printed already. Only that one is removed: a libyaml context's own
             // location (`, while parsing a flow mapping at line 5 column 9`, where an

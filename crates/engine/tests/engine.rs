@@ -74,7 +74,10 @@ stages:
         assert_eq!(key(&a, name), key(&c, name), "key of `{name}` depends on spelling");
     }
     // Distinct stages with equal content share their key.
-    let twin = BASIC.replace("  other:\n    kind: toy.numbers\n    params: {n: 2}\n", "  other:\n    kind: toy.numbers\n    seed: 7\n    params: {n: 4, scale: 0.5}\n");
+    let twin = BASIC.replace(
+        "  other:\n    kind: toy.numbers\n    params: {n: 2}\n",
+        "  other:\n    kind: toy.numbers\n    seed: 7\n    params: {n: 4, scale: 0.5}\n",
+    );
     let t = sb.plan(&twin, None);
     assert_eq!(key(&t, "nums"), key(&t, "other"));
 }
@@ -92,7 +95,10 @@ fn keys_change_with_params_seed_upstream_and_kind_version() {
     assert_eq!(diff(&changed(&BASIC.replace("scale: 0.5", "scale: 0.25"))), ["nums", "total"]);
     assert_eq!(diff(&changed(&BASIC.replace("seed: 7", "seed: 8"))), ["nums", "total"]);
     assert_eq!(diff(&changed(&BASIC.replace("seed: 7", "seed: 7\n    description: words only"))), Vec::<&str>::new());
-    assert_eq!(diff(&changed(&BASIC.replace("inputs: {xs: nums}", "inputs: {xs: nums}\n    params: {column: i}"))), ["total"]);
+    assert_eq!(
+        diff(&changed(&BASIC.replace("inputs: {xs: nums}", "inputs: {xs: nums}\n    params: {column: i}"))),
+        ["total"]
+    );
     assert_eq!(diff(&changed(&BASIC.replace("params: {n: 2}", "params: {n: 3}"))), ["other"]);
     // Rewiring the input to another upstream changes the downstream key only.
     assert_eq!(diff(&changed(&BASIC.replace("inputs: {xs: nums}", "inputs: {xs: other}"))), ["total"]);
@@ -147,7 +153,7 @@ fn entry_metadata_and_index_record_what_was_computed() {
     assert_eq!(e2h_engine::table::column_f64(&df, "x").unwrap(), [7.0, 7.5, 8.0, 8.5]);
 
     let EntryStatus::Valid(total) = sb.cache.status(&key(&plan, "total")) else { panic!("total entry not valid") };
-    assert_eq!(total.inputs["xs"], [nums_key.clone()]);
+    assert_eq!(total.inputs["xs"], std::slice::from_ref(&nums_key));
     assert!(total.files.contains_key("figure.txt"));
     let rec = sb.cache.read_index("basic", "default", "nums").expect("index record");
     assert_eq!(rec.key, nums_key);
@@ -361,10 +367,7 @@ fn sweeps_expand_to_instances_and_downstream_stacks_them() {
     let sb = Sandbox::new();
     let plan = sb.plan(SWEEP, None);
     let names: Vec<&str> = plan.instances_of("nums").map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["nums[n=2,scale=0.25]", "nums[n=2,scale=1.0]", "nums[n=3,scale=0.25]", "nums[n=3,scale=1.0]"]
-    );
+    assert_eq!(names, ["nums[n=2,scale=0.25]", "nums[n=2,scale=1.0]", "nums[n=3,scale=0.25]", "nums[n=3,scale=1.0]"]);
     let keys: BTreeSet<&str> = plan.instances_of("nums").map(|s| s.key.as_str()).collect();
     assert_eq!(keys.len(), 4);
     let third = plan.instances_of("nums").nth(2).unwrap();
@@ -374,10 +377,14 @@ fn sweeps_expand_to_instances_and_downstream_stacks_them() {
     assert_eq!(third.params["label"], "swept", "non-swept params are kept");
     assert_eq!(
         third.sweep,
-        std::collections::BTreeMap::from([("n".to_string(), serde_json::json!(3)), ("scale".to_string(), serde_json::json!(0.25))])
+        std::collections::BTreeMap::from([
+            ("n".to_string(), serde_json::json!(3)),
+            ("scale".to_string(), serde_json::json!(0.25))
+        ])
     );
     // A sweep instance has the key of the same stage written without a sweep.
-    let single = sb.plan("name: one\nstages:\n  s:\n    kind: toy.numbers\n    params: {n: 3, scale: 0.25, label: swept}\n", None);
+    let single = sb
+        .plan("name: one\nstages:\n  s:\n    kind: toy.numbers\n    params: {n: 3, scale: 0.25, label: swept}\n", None);
     assert_eq!(third.key, key(&single, "s"));
 
     let total = plan.instances_of("total").next().unwrap();
@@ -407,7 +414,8 @@ fn sweeps_expand_to_instances_and_downstream_stacks_them() {
     let names: Vec<&str> = labels.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["nums[label=a]", "nums[label=b c]", "total"]);
     sb.run(&labels);
-    let stacked = e2h_engine::table::read_parquet(&sb.cache.entry_dir(&key(&labels, "total")).join("stacked.parquet")).unwrap();
+    let stacked =
+        e2h_engine::table::read_parquet(&sb.cache.entry_dir(&key(&labels, "total")).join("stacked.parquet")).unwrap();
     assert_eq!(e2h_engine::table::column_string(&stacked, "label").unwrap(), ["a", "b c"]);
 }
 
@@ -490,14 +498,14 @@ fn publish_copies_figures_next_to_the_project() {
     let opts = RunOptions { publish_root: Some(root.clone()), publish_suffix: "-paper".into(), ..Default::default() };
     let report = sb.run_opts(&sb.registry, &plan, opts.clone());
     let expected = root.join("figs/total-paper.txt");
-    assert_eq!(report.published, [expected.clone()], "tables are not published, figures are");
+    assert_eq!(report.published, std::slice::from_ref(&expected), "tables are not published, figures are");
     let text = fs::read_to_string(&expected).unwrap();
     assert!(text.starts_with("total = "), "{text}");
     // Unchanged figures are not rewritten.
     let mtime = fs::metadata(&expected).unwrap().modified().unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let again = sb.run_opts(&sb.registry, &plan, opts);
-    assert_eq!(again.published, [expected.clone()]);
+    assert_eq!(again.published, std::slice::from_ref(&expected));
     assert_eq!(fs::metadata(&expected).unwrap().modified().unwrap(), mtime);
     // A dry run publishes nothing.
     let dry = sb.run_opts(
@@ -680,6 +688,48 @@ fn gc_keeps_referenced_keys_and_removes_the_rest() {
     assert_eq!(sb.run(&new).ran(), 0);
     assert_eq!(sb.cache.gc(&keep).unwrap(), Vec::<String>::new());
     assert!(!live_tmp.exists(), "unlocked stray tmp dir kept");
+}
+
+/// `gc` deletes the lock files of unreferenced keys (holding each while it does).
+/// A run that opened such a file just before and then obtained its lock holds a
+/// lock on a deleted file, which excludes no one: `Cache::lock` must notice and
+/// take the lock again on the file now at that path.
+#[test]
+fn a_lock_on_a_lock_file_deleted_by_gc_is_not_trusted() {
+    use std::sync::mpsc;
+    let sb = Sandbox::new();
+    let k = "a".repeat(64);
+    let path = sb.cache.root().join("locks").join(format!("{k}.lock"));
+    // Play gc: hold the lock file's lock, as gc's try_lock does.
+    let gc_handle = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).unwrap();
+    gc_handle.lock().unwrap();
+    let (cache, k) = (&sb.cache, k.as_str());
+    std::thread::scope(|s| {
+        let (first_tx, first_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        s.spawn(move || {
+            // Opens the file now, then blocks on its lock.
+            let lock = cache.lock(k).unwrap();
+            first_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            drop(lock);
+        });
+        std::thread::sleep(Duration::from_millis(150)); // let the run block on the lock
+        fs::remove_file(&path).unwrap(); // gc deletes the file while holding its lock...
+        drop(gc_handle); // ...and releases it: the run now locks a deleted file
+        first_rx.recv_timeout(Duration::from_secs(10)).expect("the first run never got the lock");
+
+        let (second_tx, second_rx) = mpsc::channel();
+        s.spawn(move || {
+            let lock = cache.lock(k).unwrap();
+            second_tx.send(()).unwrap();
+            drop(lock);
+        });
+        let overlapped = second_rx.recv_timeout(Duration::from_millis(300)).is_ok();
+        release_tx.send(()).unwrap();
+        assert!(!overlapped, "two runs held the lock of the same key at once");
+        second_rx.recv_timeout(Duration::from_secs(10)).expect("the second run never got the lock");
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -22,11 +22,8 @@ struct Expected {
 }
 
 fn expected(path: &Path, text: &str) -> Expected {
-    let header = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("# {name}:")))
-            .map(|v| v.trim().to_string())
-    };
+    let header =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("# {name}:"))).map(|v| v.trim().to_string());
     let expect = header("expect").unwrap_or_else(|| panic!("{}: no `# expect: LINE:COL FIELD` header", path.display()));
     let (pos, field) = expect.split_once(' ').unwrap_or((&expect, ""));
     let (line, column) = pos.split_once(':').expect("LINE:COL");
@@ -40,7 +37,12 @@ fn expected(path: &Path, text: &str) -> Expected {
 }
 
 /// Parse, validate checks, plan: never a panic, and the error must be located.
-fn load(path: &Path, text: String, registry: &Registry, profile: Option<&str>) -> Result<Plan, Result<Located, String>> {
+fn load(
+    path: &Path,
+    text: String,
+    registry: &Registry,
+    profile: Option<&str>,
+) -> Result<Plan, Result<Located, String>> {
     match catch_unwind(AssertUnwindSafe(|| load_plan(path, text, registry, profile))) {
         Ok(Ok(plan)) => Ok(plan),
         Ok(Err(EngineError::Pipeline(l))) => Err(Ok(*l)),
@@ -93,11 +95,22 @@ fn every_bad_pipeline_fails_with_a_located_error() {
                 want.line, want.column, want.field, want.message, got.line, got.column, got.field, got.message
             ));
         }
+        assert!(
+            !got.message.contains(&format!("at line {} column {}", got.line, got.column)),
+            "{name}: the location is repeated in the message: {}",
+            got.message
+        );
         // The rendered error starts with `file:line:column: `.
         let shown = EngineError::Pipeline(Box::new(got.clone())).to_string();
         assert!(shown.starts_with(&format!("{}:{}:{}: ", path.display(), got.line, got.column)), "{shown}");
     }
-    assert!(failures.is_empty(), "{} of {} bad pipelines misreported:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad pipelines misreported:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }
 
 /// A valid pipeline using most of the syntax: anchors, merges, flow and block
@@ -161,11 +174,76 @@ checks:
 ";
 
 const TOKENS: &[&str] = &[
-    ":", ": ", "- ", "-", "{", "}", "[", "]", ",", "&a ", "*a", "*p", "<<: ", "<<: *p", "\t", "\n", "  ", "    ", "#",
-    " #", "'", "\"", "!!str ", "!!int ", "!tag ", "~", "null", "-1", "1e999", ".nan", ".inf", "-.inf", "0x10", "? ",
-    "|", ">", "---\n", "...\n", "%YAML 1.2\n", "&", "*", "!", "kind: ", "seed: ", "params: ", "sweep: ", "inputs: ",
-    "profiles: ", "stages: ", "checks: ", "n: ", "scale: ", "toy.sum", "toy.numbers", "nums", "total", "ci", "\u{feff}",
-    "é", "\r\n", "\\", "%", "@", "`", "[]", "{}", "18446744073709551616", "-0", "true", "0.0",
+    ":",
+    ": ",
+    "- ",
+    "-",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "&a ",
+    "*a",
+    "*p",
+    "<<: ",
+    "<<: *p",
+    "\t",
+    "\n",
+    "  ",
+    "    ",
+    "#",
+    " #",
+    "'",
+    "\"",
+    "!!str ",
+    "!!int ",
+    "!tag ",
+    "~",
+    "null",
+    "-1",
+    "1e999",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "0x10",
+    "? ",
+    "|",
+    ">",
+    "---\n",
+    "...\n",
+    "%YAML 1.2\n",
+    "&",
+    "*",
+    "!",
+    "kind: ",
+    "seed: ",
+    "params: ",
+    "sweep: ",
+    "inputs: ",
+    "profiles: ",
+    "stages: ",
+    "checks: ",
+    "n: ",
+    "scale: ",
+    "toy.sum",
+    "toy.numbers",
+    "nums",
+    "total",
+    "ci",
+    "\u{feff}",
+    "é",
+    "\r\n",
+    "\\",
+    "%",
+    "@",
+    "`",
+    "[]",
+    "{}",
+    "18446744073709551616",
+    "-0",
+    "true",
+    "0.0",
 ];
 
 fn mutate(text: &str, rng: &mut impl Rng) -> String {

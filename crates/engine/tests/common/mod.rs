@@ -74,10 +74,10 @@ impl Stage for Numbers {
         if p.scale > 1.0 {
             return Err(ParamIssue::new("scale", format!("scale must be <= 1, got {}", p.scale)));
         }
-        if let Some(w) = &p.window {
-            if w.lo > w.hi {
-                return Err(ParamIssue::new("window.hi", format!("window.hi ({}) must be >= window.lo ({})", w.hi, w.lo)));
-            }
+        if let Some(w) = &p.window
+            && w.lo > w.hi
+        {
+            return Err(ParamIssue::new("window.hi", format!("window.hi ({}) must be >= window.lo ({})", w.hi, w.lo)));
         }
         Ok(())
     }
@@ -253,8 +253,10 @@ impl Stage for Collect {
         log_line(&self.log, &format!("run toy.collect {}", ctx.name()));
         let names: Vec<String> = ctx.input_names().iter().map(|s| s.to_string()).collect();
         let counts: Vec<u64> = names.iter().map(|n| ctx.input(n).map(|i| i.len() as u64)).collect::<Result<_, _>>()?;
-        let mut df =
-            DataFrame::new_infer_height(vec![Column::new("input".into(), names), Column::new("instances".into(), counts)])?;
+        let mut df = DataFrame::new_infer_height(vec![
+            Column::new("input".into(), names),
+            Column::new("instances".into(), counts),
+        ])?;
         ctx.put_table("inputs", &mut df, &[("input", "input name"), ("instances", "count")])?;
         Ok(())
     }
