@@ -173,7 +173,8 @@ pub struct PlotFigure;
 impl Stage for PlotFigure {
     type Params = FigureParams;
     const KIND: &'static str = "plot.figure";
-    const VERSION: &'static str = "1";
+    // 2: series of a `by` group keep one colour per group across series; label templates.
+    const VERSION: &'static str = "2";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
