@@ -135,7 +135,7 @@ impl StageContext {
             ("e2h.stage".to_string(), self.name.clone()),
             ("e2h.columns".to_string(), serde_json::to_string(&columns).expect("strings serialize")),
         ];
-        table::write_parquet(df, &path, &kv).map_err(|source| EngineError::Table {
+        table::write_parquet(df, &path, &kv).map_err(|source| EngineError::WriteTable {
             path: path.clone(),
             table: name.into(),
             source,

@@ -35,10 +35,16 @@ pub enum EngineError {
     StageFailed { stage: String, source: StageError },
     #[error("cache I/O error at {path}: {source}")]
     CacheIo { path: PathBuf, source: std::io::Error },
+    /// Storing a stage's result failed (a full disk, a file size limit): the
+    /// cache error says which file, this says which stage and entry it was for.
+    #[error("stage `{stage}`: cannot write cache entry {key}: {source}")]
+    EntryWrite { stage: String, key: String, source: Box<EngineError> },
     #[error("cache entry {path} is unusable: {reason}")]
     CacheCorrupt { path: PathBuf, reason: String },
     #[error("table `{table}` in {path}: {source}")]
     Table { path: PathBuf, table: String, source: polars::error::PolarsError },
+    #[error("cannot write table `{table}` to {path}: {source}")]
+    WriteTable { path: PathBuf, table: String, source: polars::error::PolarsError },
     #[error("stage `{stage}` has no input named `{input}`")]
     NoSuchInput { stage: String, input: String },
     #[error("input `{input}` of stage `{stage}` has no table `{table}`")]

@@ -194,7 +194,14 @@ impl<'a> Runner<'a> {
         forced: bool,
         git_commit: Option<String>,
     ) -> Result<EntryMeta, EngineError> {
-        let _lock = self.cache.lock(&stage.key)?;
+        // Cache errors of this stage name it and its entry: with a full disk, the
+        // file path alone does not tell which stage's result was lost.
+        let entry_write = |source: EngineError| EngineError::EntryWrite {
+            stage: stage.name.clone(),
+            key: stage.key.clone(),
+            source: Box::new(source),
+        };
+        let _lock = self.cache.lock(&stage.key).map_err(&entry_write)?;
         // Another process may have computed the key while we waited for the lock.
         if !forced {
             if let EntryStatus::Valid(meta) = self.cache.status(&stage.key) {
@@ -202,9 +209,9 @@ impl<'a> Runner<'a> {
                 return Ok(*meta);
             }
         }
-        self.cache.discard(&stage.key)?;
+        self.cache.discard(&stage.key).map_err(&entry_write)?;
         let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
-        let pending = self.cache.begin(&stage.key)?;
+        let pending = self.cache.begin(&stage.key).map_err(&entry_write)?;
         let inputs: BTreeMap<String, Vec<UpstreamEntry>> = stage
             .inputs
             .iter()
@@ -237,8 +244,12 @@ impl<'a> Runner<'a> {
         tracing::info!("{}: running ({})", stage.name, stage.kind);
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        kind.run(&stage.params, &mut ctx)
-            .map_err(|source| EngineError::StageFailed { stage: stage.name.clone(), source })?;
+        kind.run(&stage.params, &mut ctx).map_err(|source| match source.downcast::<EngineError>() {
+            // The stage computed its table but the cache could not store it: not the stage's fault.
+            Ok(e) if matches!(*e, EngineError::WriteTable { .. }) => entry_write(*e),
+            Ok(e) => EngineError::StageFailed { stage: stage.name.clone(), source: e },
+            Err(source) => EngineError::StageFailed { stage: stage.name.clone(), source },
+        })?;
         let meta = EntryMeta {
             key: stage.key.clone(),
             pipeline: plan.pipeline.clone(),
@@ -257,10 +268,10 @@ impl<'a> Runner<'a> {
             files: BTreeMap::new(),
             info: std::mem::take(&mut ctx.info),
         };
-        let meta = pending.commit(meta)?;
+        let meta = pending.commit(meta).map_err(&entry_write)?;
         let scratch = self.cache.scratch_dir(&stage.key);
         if scratch.exists() {
-            std::fs::remove_dir_all(&scratch).map_err(EngineError::io(&scratch))?;
+            std::fs::remove_dir_all(&scratch).map_err(EngineError::io(&scratch)).map_err(&entry_write)?;
         }
         self.cache.write_index(
             &plan.pipeline,
@@ -274,7 +285,8 @@ impl<'a> Runner<'a> {
                 seed: stage.seed,
                 inputs: plan.input_keys(stage),
             },
-        )?;
+        )
+        .map_err(&entry_write)?;
         tracing::info!("{}: done in {:.1} s", stage.name, meta.wall_seconds);
         Ok(meta)
     }

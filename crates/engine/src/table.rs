@@ -2,18 +2,58 @@
 //! polars' lazy engine (a large compile) for the few operations needed.
 
 use std::fs::File;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use polars::prelude::*;
 
 /// Writes `df` as parquet with string key-value metadata (units, definitions).
+///
+/// A failed write (a full disk) is reported as the I/O error itself: polars
+/// reports it as a parquet "file out of specification" error.
 pub fn write_parquet(df: &mut DataFrame, path: &Path, metadata: &[(String, String)]) -> PolarsResult<u64> {
-    let file = File::create(path)?;
+    let mut file = IoErrorKeeper { file: File::create(path)?, first_error: None };
     let kv = KeyValueMetadata::from_static(metadata.to_vec());
-    ParquetWriter::new(file)
+    let written = ParquetWriter::new(&mut file)
         .with_compression(ParquetCompression::Zstd(None))
         .with_key_value_metadata(Some(kv))
-        .finish(df)
+        .finish(df);
+    match (written, file.first_error) {
+        (Err(_), Some(io)) => Err(PolarsError::IO { error: Arc::new(io), msg: None }),
+        (written, _) => written,
+    }
+}
+
+/// A file that remembers the first error its writes returned.
+struct IoErrorKeeper {
+    file: File,
+    first_error: Option<io::Error>,
+}
+
+impl IoErrorKeeper {
+    fn keep<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result
+            && self.first_error.is_none()
+        {
+            // io::Error is not Clone: rebuild it (OS errors exactly, by their code).
+            self.first_error =
+                Some(e.raw_os_error().map_or_else(|| io::Error::new(e.kind(), e.to_string()), io::Error::from_raw_os_error));
+        }
+        result
+    }
+}
+
+impl Write for IoErrorKeeper {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.file.write(buf);
+        self.keep(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.file.flush();
+        self.keep(result)
+    }
 }
 
 pub fn read_parquet(path: &Path) -> PolarsResult<DataFrame> {

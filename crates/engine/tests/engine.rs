@@ -749,7 +749,11 @@ fn child_runner() {
     let path = dir.join("pipeline.yaml");
     let plan = load_plan(&path, fs::read_to_string(&path).unwrap(), &registry, None).unwrap();
     let cache = Cache::open(dir.join("cache")).unwrap();
-    Runner::new(&registry, &cache, RunOptions::default()).run(&plan).unwrap();
+    // Report a failed run as `cargo xtask` does: the message and a non-zero exit.
+    if let Err(e) = Runner::new(&registry, &cache, RunOptions::default()).run(&plan) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn spawn_child(sb: &Sandbox, quiet: bool) -> Child {
@@ -880,6 +884,139 @@ fn concurrent_threads_compute_each_stage_once() {
     });
     assert_eq!(count(&sb.executions(), "start toy.slow crawl"), 1, "{:?}", sb.executions());
     assert!(matches!(sb.cache.status(&key(&plan, "crawl")), EntryStatus::Valid(_)));
+}
+
+// ---------------------------------------------------------------------------
+// A full disk, unprivileged: the child runs under a file size limit
+// (RLIMIT_FSIZE), so a write() past it fails with EFBIG where a full disk fails
+// with ENOSPC. The engine's own write paths (a table, `meta.json`) must fail
+// with an error naming the stage and entry, and leave the cache consistent.
+
+/// The child's largest file: 32 blocks of 512 bytes (POSIX `ulimit -f` units).
+const FILE_SIZE_LIMIT_BLOCKS: u64 = 32;
+const FILE_SIZE_LIMIT_BYTES: u64 = FILE_SIZE_LIMIT_BLOCKS * 512;
+
+/// Runs `child_runner` on the sandbox's pipeline under the file size limit.
+#[cfg(unix)]
+fn run_child_with_file_size_limit(sb: &Sandbox) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    // SIGXFSZ would kill the child at the limit; ignored (which survives exec),
+    // write() returns EFBIG instead, and that error is what the engine must handle.
+    let script = r#"trap '' XFSZ; ulimit -f "$1" && exec "$0" child_runner --exact --ignored --nocapture --test-threads 1"#;
+    Command::new("sh")
+        .args(["-c", script])
+        .arg(exe)
+        .arg(FILE_SIZE_LIMIT_BLOCKS.to_string())
+        .env(CHILD_ENV, sb.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn sh")
+}
+
+/// Every entry present verifies (what `cargo xtask cache verify` checks).
+fn assert_cache_verifies(sb: &Sandbox) {
+    for k in sb.cache.keys().unwrap() {
+        if let EntryStatus::Corrupt(reason) = sb.cache.status(&k) {
+            panic!("entry {k} is corrupt: {reason}");
+        }
+    }
+}
+
+/// Size of every file of the entry of `key`.
+fn entry_file_sizes(sb: &Sandbox, key: &str) -> Vec<(String, u64)> {
+    let dir = sb.cache.entry_dir(key);
+    list(&dir).into_iter().map(|f| (f.clone(), fs::metadata(dir.join(&f)).unwrap().len())).collect()
+}
+
+/// Runs the pipeline in a child under the file size limit, expects `failing` to
+/// fail with a message containing `expected`, checks the cache is left
+/// consistent with exactly `committed` entries, and reruns without the limit.
+#[cfg(unix)]
+fn full_disk_case(yaml: &str, failing: &str, committed: &[&str], expected: &[String]) {
+    let sb = Sandbox::new();
+    sb.write("pipeline.yaml", yaml);
+    let plan = sb.plan(yaml, None);
+    let out = run_child_with_file_size_limit(&sb);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected a reported error and exit 1, got {}:\n{stderr}", out.status);
+    let message = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    eprintln!("{failing} under a {FILE_SIZE_LIMIT_BYTES} B file size limit: {message}");
+    for part in expected {
+        assert!(message.contains(part.as_str()), "`{part}` missing from the error:\n{message}");
+    }
+
+    // Consistent: the entries committed before the failure and nothing else, no
+    // temporary directory, and the failed stage simply missing.
+    let mut want: Vec<String> = committed.iter().map(|s| key(&plan, s)).collect();
+    want.sort();
+    assert_eq!(sb.entry_dirs(), want, "{message}");
+    assert_cache_verifies(&sb);
+    assert!(sb.tmp_dirs().is_empty(), "left in tmp/: {:?}", sb.tmp_dirs());
+    assert!(matches!(sb.cache.status(&key(&plan, failing)), EntryStatus::Missing));
+    assert!(sb.cache.read_index(&plan.pipeline, &plan.profile, failing).is_none());
+    assert_eq!(reason(&sb.dry_run(&plan), failing), RunReason::Missing);
+
+    // With space again, a rerun computes what is missing and only that.
+    let report = sb.run(&plan);
+    assert_eq!(report.ran(), plan.stages.len() - committed.len());
+    // Execution log lines read `run <kind> <instance> ...`.
+    let runs_of = |name: &str| sb.executions().iter().filter(|l| l.split_whitespace().nth(2) == Some(name)).count();
+    for s in &plan.stages {
+        assert!(matches!(sb.cache.status(&s.key), EntryStatus::Valid(_)), "{}", s.name);
+    }
+    assert_eq!(runs_of(failing), 2, "the failed stage runs again: {:?}", sb.executions());
+    for s in committed {
+        // Committed entries are reused, and the limit did not touch them.
+        assert!(matches!(outcome(&report, s), StageOutcome::Cached), "{s}");
+        assert_eq!(runs_of(s), 1, "{s}: {:?}", sb.executions());
+        for (file, bytes) in entry_file_sizes(&sb, &key(&plan, s)) {
+            assert!(bytes < FILE_SIZE_LIMIT_BYTES, "{s}/{file} ({bytes} B) is over the limit: the case is not what it claims");
+        }
+    }
+    assert!(sb.tmp_dirs().is_empty(), "{:?}", sb.tmp_dirs());
+    assert_cache_verifies(&sb);
+}
+
+#[cfg(unix)]
+#[test]
+fn full_disk_while_writing_a_table_fails_cleanly_and_a_rerun_completes() {
+    let yaml = "\
+name: full-disk
+stages:
+  small: {kind: toy.numbers, params: {n: 3}}
+  total: {kind: toy.sum, inputs: {xs: small}}
+  wide: {kind: toy.numbers, params: {n: 10000}}
+";
+    let plan = Sandbox::new().plan(yaml, None);
+    let wide = key(&plan, "wide");
+    full_disk_case(
+        yaml,
+        "wide",
+        &["small", "total"],
+        &[
+            format!("stage `wide`: cannot write cache entry {wide}"),
+            "cannot write table `numbers`".into(),
+            "numbers.parquet: File too large".into(),
+        ],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn full_disk_while_writing_entry_metadata_fails_cleanly_and_a_rerun_completes() {
+    // A long label: the table stays small, but `meta.json` (params, recorded info) exceeds the limit.
+    let label = "x".repeat(2 * FILE_SIZE_LIMIT_BYTES as usize);
+    let yaml = format!(
+        "name: full-disk-meta\nstages:\n  nums: {{kind: toy.numbers, params: {{n: 3}}}}\n  verbose: {{kind: toy.numbers, params: {{n: 3, label: {label}}}}}\n"
+    );
+    let plan = Sandbox::new().plan(&yaml, None);
+    let verbose = key(&plan, "verbose");
+    full_disk_case(
+        &yaml,
+        "verbose",
+        &["nums"],
+        &[format!("stage `verbose`: cannot write cache entry {verbose}"), META_FILE.into(), "File too large".into()],
+    );
 }
 
 #[test]
