@@ -1,0 +1,7 @@
+//! `cargo xtask` as a user runs it: the built binary, in a fresh project root
+//! per test (ripgrep style), on a figure small enough to run in a blink.
+
+mod cache;
+mod check;
+mod full_disk;
+mod util;
