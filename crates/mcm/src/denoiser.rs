@@ -19,14 +19,14 @@ pub struct Denoiser {
 /// Work buffers reused across steps (no allocation in the hot loop).
 #[derive(Debug, Clone)]
 pub struct Scratch {
-    r: Vec<f64>,
-    y: Vec<f64>,
+    pub(crate) r: Vec<f64>,
     g: Vec<f64>,
+    dg: Vec<f64>,
 }
 
 impl Scratch {
     pub fn new(d: usize, k: usize) -> Self {
-        Scratch { r: vec![0.0; d], y: vec![0.0; k], g: vec![0.0; k] }
+        Scratch { r: vec![0.0; d], g: vec![0.0; k], dg: vec![0.0; k] }
     }
 }
 
@@ -109,13 +109,14 @@ impl Denoiser {
 
     /// One step of online projected SGD on the sample (x, x_t):
     /// w_k <- (w_k - eta grad_k) / ||w_k - eta grad_k||.
+    /// (`Trainer` runs the single-neuron case through a pipelined copy of this
+    /// step; a test holds the two equal bit for bit.)
     #[inline]
     pub fn psgd_step(&mut self, x: &[f64], xt: &[f64], alpha: f64, eta: f64, s: &mut Scratch) {
         let d = self.d;
         // r = alpha x_t - x + a sum_k g_k w_k
         for k in 0..self.k {
-            s.y[k] = dot(self.neuron(k), xt);
-            s.g[k] = self.activation.value(s.y[k]);
+            (s.g[k], s.dg[k]) = self.activation.value_and_derivative(dot(self.neuron(k), xt));
         }
         for ((ri, xti), xi) in s.r.iter_mut().zip(xt).zip(x) {
             *ri = alpha * xti - xi;
@@ -130,7 +131,7 @@ impl Denoiser {
             let wk = &mut self.w[k * d..(k + 1) * d];
             let wr = dot(wk, &s.r);
             let c_r = eta * self.a * s.g[k];
-            let c_x = eta * self.a * self.activation.derivative(s.y[k]) * wr;
+            let c_x = eta * self.a * s.dg[k] * wr;
             let mut norm2 = 0.0;
             for ((wi, ri), xti) in wk.iter_mut().zip(&s.r).zip(xt) {
                 *wi -= c_r * ri + c_x * xti;

@@ -144,6 +144,23 @@ impl Activation {
         }
     }
 
+    /// (g(y), g'(y)), bit for bit `(value(y), derivative(y))` with one tanh
+    /// instead of two.
+    #[inline]
+    pub fn value_and_derivative(self, y: f64) -> (f64, f64) {
+        match self {
+            Activation::Tanh2 => {
+                let th = (2.0 * y).tanh();
+                (th, 2.0 * (1.0 - th * th))
+            }
+            Activation::Tanh => {
+                let th = y.tanh();
+                (th, 1.0 - th * th)
+            }
+            Activation::Relu | Activation::Linear => (self.value(y), self.derivative(y)),
+        }
+    }
+
     /// Odd activations make the model invariant under w -> -w.
     pub fn is_odd(self) -> bool {
         !matches!(self, Activation::Relu)
@@ -231,6 +248,9 @@ pub struct Mcm {
     pub v: Vec<f64>,
     /// 1 - 1/sqrt(1 + beta_v): S = I - s_shrink v v^T.
     s_shrink: f64,
+    /// sqrt(beta_u) and sqrt(beta_v), needed for every sample.
+    sqrt_beta_u: f64,
+    sqrt_beta_v: f64,
 }
 
 impl Mcm {
@@ -252,7 +272,7 @@ impl Mcm {
     /// An MCM with given orthonormal directions.
     pub fn with_directions(params: McmParams, u: Vec<f64>, v: Vec<f64>) -> Self {
         let s_shrink = 1.0 - 1.0 / (1.0 + params.beta_v).sqrt();
-        Mcm { params, u, v, s_shrink }
+        Mcm { params, u, v, s_shrink, sqrt_beta_u: params.beta_u.sqrt(), sqrt_beta_v: params.beta_v.sqrt() }
     }
 
     /// Draws the latents (lambda, nu) with the model's coupling.
@@ -275,22 +295,26 @@ impl Mcm {
     #[inline]
     pub fn sample_into<R: Rng + ?Sized>(&self, rng: &mut R, x: &mut [f64]) -> Latents {
         let lat = self.sample_latents(rng);
-        for xi in x.iter_mut() {
-            *xi = StandardNormal.sample(rng);
-        }
+        fill_normal(rng, x);
         self.finish_sample(lat, x);
         lat
+    }
+
+    /// Coefficients (of u, of v) that turn white noise z with v.z = `vz` into
+    /// the sample: x = z + coef_u u + coef_v v.
+    #[inline]
+    pub(crate) fn spike_coefficients(&self, lat: Latents, vz: f64) -> (f64, f64) {
+        // S(sqrt(bv) nu v + z) = z + (sqrt(bv) nu - shrink (sqrt(bv) nu + v.z)) v
+        let coef_v = self.sqrt_beta_v * lat.nu - self.s_shrink * (self.sqrt_beta_v * lat.nu + vz);
+        let coef_u = self.sqrt_beta_u * lat.lambda;
+        (coef_u, coef_v)
     }
 
     /// Turns x = z (already filled with standard normals) into the MCM sample
     /// with latents `lat`: x = sqrt(beta_u) lambda u + S(sqrt(beta_v) nu v + z).
     #[inline]
     pub fn finish_sample(&self, lat: Latents, x: &mut [f64]) {
-        let p = &self.params;
-        let vz = dot(&self.v, x);
-        // S(sqrt(bv) nu v + z) = z + (sqrt(bv) nu - shrink (sqrt(bv) nu + v.z)) v
-        let coef_v = p.beta_v.sqrt() * lat.nu - self.s_shrink * (p.beta_v.sqrt() * lat.nu + vz);
-        let coef_u = p.beta_u.sqrt() * lat.lambda;
+        let (coef_u, coef_v) = self.spike_coefficients(lat, dot(&self.v, x));
         for ((xi, ui), vi) in x.iter_mut().zip(&self.u).zip(&self.v) {
             *xi += coef_u * ui + coef_v * vi;
         }
@@ -316,6 +340,14 @@ impl Mcm {
     }
 }
 
+/// Fills `z` with standard normals, in order.
+#[inline]
+pub(crate) fn fill_normal<R: Rng + ?Sized>(rng: &mut R, z: &mut [f64]) {
+    for zi in z.iter_mut() {
+        *zi = StandardNormal.sample(rng);
+    }
+}
+
 /// A point drawn uniformly on the unit sphere of R^d.
 pub fn random_unit<R: Rng + ?Sized>(rng: &mut R, d: usize) -> Vec<f64> {
     let mut w: Vec<f64> = (0..d).map(|_| StandardNormal.sample(rng)).collect();
@@ -327,16 +359,18 @@ pub fn random_unit<R: Rng + ?Sized>(rng: &mut R, d: usize) -> Vec<f64> {
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     // Four accumulators: lets the compiler vectorise while the summation order
     // stays fixed (results do not depend on the machine's thread count).
+    // Whole chunks of four, so the loop carries no bounds checks.
+    let (a_chunks, a_tail) = a.as_chunks::<4>();
+    let (b_chunks, b_tail) = b[..a.len()].as_chunks::<4>();
     let mut acc = [0.0f64; 4];
-    let chunks = a.len() / 4;
-    for i in 0..chunks {
+    for (ac, bc) in a_chunks.iter().zip(b_chunks) {
         for j in 0..4 {
-            acc[j] += a[4 * i + j] * b[4 * i + j];
+            acc[j] += ac[j] * bc[j];
         }
     }
     let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for i in 4 * chunks..a.len() {
-        s += a[i] * b[i];
+    for (ai, bi) in a_tail.iter().zip(b_tail) {
+        s += ai * bi;
     }
     s
 }
@@ -379,6 +413,17 @@ mod tests {
 
     fn params(nu: NuLaw, coupling: Coupling) -> McmParams {
         McmParams { d: 10, beta_u: 2.0, beta_v: 5.0, nu, coupling }
+    }
+
+    #[test]
+    fn value_and_derivative_equal_value_and_derivative_bit_for_bit() {
+        for activation in [Activation::Tanh2, Activation::Tanh, Activation::Relu, Activation::Linear] {
+            for y in [-3.1, -0.7, -1e-9, 0.0, 2e-7, 0.25, 1.3, 19.0] {
+                let (g, dg) = activation.value_and_derivative(y);
+                assert_eq!(g.to_bits(), activation.value(y).to_bits());
+                assert_eq!(dg.to_bits(), activation.derivative(y).to_bits());
+            }
+        }
     }
 
     #[test]
