@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line (rust-analyzer style: one module per task).
 
+mod bench;
 mod cache_cmd;
 mod check;
 mod figure;
@@ -44,6 +45,8 @@ enum Command {
         #[command(subcommand)]
         action: cache_cmd::CacheAction,
     },
+    /// Benchmarks against bounds and peers (NumPy, PyTorch), printed as ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { pipeline, run } => pipeline::run(&ctx, &pipeline, &run),
         Command::Check(args) => check::run(&ctx, &args),
         Command::Cache { action } => cache_cmd::run(&ctx, action),
+        Command::Bench(args) => bench::run(&ctx, &args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
