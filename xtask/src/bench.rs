@@ -525,7 +525,7 @@ pub struct UnetArgs {
     /// Timed steps, after one untimed warm-up step.
     #[arg(long, default_value_t = 1)]
     pub steps: usize,
-    /// cpu, cuda or cuda:N (cuda needs `cargo xtask` built with `--features cuda`).
+    /// cpu, cuda or cuda:N (cuda needs xtask built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// TF32 matrix multiplies (CUDA), for both the project and the peer.
@@ -584,7 +584,8 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
     if !on_gpu {
         println!(
             "  the GPU comparison with PyTorch needs the cuda build on a GPU machine:\n    \
-             cargo run -p xtask --features cuda -- bench unet --device cuda --width 128 --tf32"
+             cargo build --release -p xtask --features cuda && \
+             target/release/xtask bench unet --device cuda --width 128 --tf32"
         );
     }
     if args.torch || on_gpu {
