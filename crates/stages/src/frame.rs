@@ -20,6 +20,11 @@ impl FrameBuilder {
         self.columns.push(Column::new(name.into(), v));
         self
     }
+    /// A nullable column (None: null, e.g. "never happened").
+    pub fn opt_u64(mut self, name: &str, v: Vec<Option<u64>>) -> Self {
+        self.columns.push(Column::new(name.into(), v));
+        self
+    }
     pub fn bool(mut self, name: &str, v: Vec<bool>) -> Self {
         self.columns.push(Column::new(name.into(), v));
         self

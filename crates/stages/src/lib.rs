@@ -11,6 +11,7 @@ pub mod mcm_population;
 pub mod mcm_scaling;
 pub mod mcm_stages;
 pub mod plot_stage;
+pub mod unet_stages;
 
 use e2h_engine::Registry;
 
@@ -22,6 +23,7 @@ pub fn registry() -> Registry {
     mcm_scaling::register(&mut r);
     mcm_population::register(&mut r);
     cifar_stages::register(&mut r);
+    unet_stages::register(&mut r);
     plot_stage::register(&mut r);
     r
 }

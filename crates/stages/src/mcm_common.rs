@@ -41,12 +41,6 @@ pub mod defaults {
     pub fn one() -> usize {
         1
     }
-    pub fn lr_exponent() -> f64 {
-        1.0
-    }
-    pub fn quadrature_order() -> usize {
-        60
-    }
 }
 
 /// Declares a params struct with the model, noise and denoiser fields
@@ -94,7 +88,6 @@ macro_rules! mcm_params {
                     coupling: self.coupling,
                     rho: self.rho,
                     t: self.t,
-                    activation: self.activation,
                     a: self.a,
                     neurons: self.neurons,
                 }
@@ -114,7 +107,6 @@ pub struct Fields {
     pub coupling: CouplingKind,
     pub rho: f64,
     pub t: f64,
-    pub activation: Activation,
     pub a: f64,
     pub neurons: usize,
 }
