@@ -451,51 +451,14 @@ impl Stage for UnetCrossings {
         let denoisers = column_string(&df, "denoiser")?;
 
         // (denoiser, set, t) -> step -> estimate.
-        let mut series: BTreeMap<(String, String, u64), BTreeMap<u64, Estimate>> = BTreeMap::new();
+        let mut series: Series = BTreeMap::new();
         for i in 0..df.height() {
             series
                 .entry((denoisers[i].clone(), sets[i].clone(), ts[i] as u64))
                 .or_default()
                 .insert(steps[i] as u64, Estimate { loss: loss[i], se: se[i] });
         }
-        let get = |denoiser: &str, set: &str, t: u64| -> Result<&BTreeMap<u64, Estimate>, StageError> {
-            series
-                .get(&(denoiser.to_string(), set.to_string(), t))
-                .ok_or_else(|| format!("the losses table has no rows for denoiser {denoiser}, set {set}, t = {t}").into())
-        };
-        let mut levels: Vec<u64> = series.keys().map(|k| k.2).collect();
-        levels.sort_unstable();
-        levels.dedup();
-
-        let mut out = CrossingRows::default();
-        for &t in &levels {
-            let (real, gauss) = (get("unet", "real", t)?, get("unet", "gaussian", t)?);
-            let wiener_real = *get("wiener", "real", t)?.values().next().ok_or("empty Wiener series")?;
-            let wiener_gauss = *get("wiener", "gaussian", t)?.values().next().ok_or("empty Wiener series")?;
-            let crossing = real.iter().find(|(_, e)| wiener_real.z_above(**e) > p.z).map(|(s, e)| (*s, *e));
-            let early_max_abs_z = real
-                .iter()
-                .filter(|(s, _)| **s <= p.early_steps)
-                .filter_map(|(s, r)| gauss.get(s).map(|g| r.z_above(*g).abs()))
-                .fold(0.0, f64::max);
-            let max_below = |series: &BTreeMap<u64, Estimate>, line: Estimate| {
-                series.values().map(|e| line.z_above(*e)).fold(f64::NEG_INFINITY, f64::max)
-            };
-            let (&final_step, final_real) = real.iter().next_back().ok_or("empty U-Net series")?;
-            let final_gauss = gauss.get(&final_step).ok_or("the surrogate series misses the last step")?;
-            out.t.push(t);
-            out.wiener_real.push(wiener_real.loss);
-            out.wiener_real_se.push(wiener_real.se);
-            out.wiener_gaussian.push(wiener_gauss.loss);
-            out.crossing_step.push(crossing.map(|c| c.0));
-            out.real_at_crossing.push(crossing.map_or(f64::NAN, |c| c.1.loss));
-            out.final_step.push(final_step);
-            out.final_real.push(final_real.loss);
-            out.final_gaussian.push(final_gauss.loss);
-            out.early_max_abs_z.push(early_max_abs_z);
-            out.real_max_below_wiener_z.push(max_below(real, wiener_real));
-            out.gaussian_max_below_wiener_z.push(max_below(gauss, wiener_gauss));
-        }
+        let out = analyse(&series, p.early_steps, p.z)?;
         for i in 0..out.t.len() {
             tracing::info!(
                 "t = {:>4}: Wiener (real) {:.4} ± {:.4}; real loss falls below it at step {}; at step {}: real {:.4}, surrogate {:.4}",
@@ -523,7 +486,54 @@ impl Stage for UnetCrossings {
     }
 }
 
-#[derive(Default)]
+/// Loss estimates keyed by (denoiser, set, t), then by step.
+type Series = BTreeMap<(String, String, u64), BTreeMap<u64, Estimate>>;
+
+/// The crossing analysis of [`UnetCrossings`] on the long losses table.
+fn analyse(series: &Series, early_steps: u64, z: f64) -> Result<CrossingRows, StageError> {
+    let get = |denoiser: &str, set: &str, t: u64| -> Result<&BTreeMap<u64, Estimate>, StageError> {
+        series
+            .get(&(denoiser.to_string(), set.to_string(), t))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("the losses table has no rows for denoiser {denoiser}, set {set}, t = {t}").into())
+    };
+    let mut levels: Vec<u64> = series.keys().map(|k| k.2).collect();
+    levels.sort_unstable();
+    levels.dedup();
+
+    let mut out = CrossingRows::default();
+    for &t in &levels {
+        let (real, gauss) = (get("unet", "real", t)?, get("unet", "gaussian", t)?);
+        let wiener_real = *get("wiener", "real", t)?.values().next().expect("non-empty");
+        let wiener_gauss = *get("wiener", "gaussian", t)?.values().next().expect("non-empty");
+        let crossing = real.iter().find(|(_, e)| wiener_real.z_above(**e) > z).map(|(s, e)| (*s, *e));
+        let early_max_abs_z = real
+            .iter()
+            .filter(|(s, _)| **s <= early_steps)
+            .filter_map(|(s, r)| gauss.get(s).map(|g| r.z_above(*g).abs()))
+            .fold(0.0, f64::max);
+        let max_below = |series: &BTreeMap<u64, Estimate>, line: Estimate| {
+            series.values().map(|e| line.z_above(*e)).fold(f64::NEG_INFINITY, f64::max)
+        };
+        let (&final_step, final_real) = real.iter().next_back().expect("non-empty");
+        let final_gauss = gauss.get(&final_step).ok_or("the surrogate series misses the last step")?;
+        out.t.push(t);
+        out.wiener_real.push(wiener_real.loss);
+        out.wiener_real_se.push(wiener_real.se);
+        out.wiener_gaussian.push(wiener_gauss.loss);
+        out.crossing_step.push(crossing.map(|c| c.0));
+        out.real_at_crossing.push(crossing.map_or(f64::NAN, |c| c.1.loss));
+        out.final_step.push(final_step);
+        out.final_real.push(final_real.loss);
+        out.final_gaussian.push(final_gauss.loss);
+        out.early_max_abs_z.push(early_max_abs_z);
+        out.real_max_below_wiener_z.push(max_below(real, wiener_real));
+        out.gaussian_max_below_wiener_z.push(max_below(gauss, wiener_gauss));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
 struct CrossingRows {
     t: Vec<u64>,
     wiener_real: Vec<f64>,
@@ -567,6 +577,45 @@ mod tests {
         assert_ne!(derive_seed(0, EVAL_NOISE), derive_seed(0, SURROGATE_SAMPLES));
         assert_ne!(derive_seed(0, EVAL_NOISE), derive_seed(1, EVAL_NOISE));
         assert_eq!(derive_seed(7, EVAL_NOISE), derive_seed(7, EVAL_NOISE));
+    }
+
+    fn series_with(real: &[(u64, f64)], gauss: &[(u64, f64)], wiener: f64) -> Series {
+        let mut s = Series::new();
+        let e = |loss| Estimate { loss, se: 0.01 };
+        for (set, points) in [("real", real), ("gaussian", gauss)] {
+            s.insert(("unet".into(), set.into(), 10), points.iter().map(|&(st, l)| (st, e(l))).collect());
+            s.insert(("wiener".into(), set.into(), 10), points.iter().map(|&(st, _)| (st, e(wiener))).collect());
+        }
+        s
+    }
+
+    #[test]
+    fn crossing_is_the_first_step_clearly_below_the_wiener_line() {
+        // Combined standard error 0.01 * sqrt(2) = 0.0141: 0.49 is not clearly below
+        // 0.50, 0.48 is.
+        let real = [(0, 1.0), (10, 0.6), (100, 0.49), (200, 0.48), (500, 0.45)];
+        let gauss = [(0, 1.0), (10, 0.61), (100, 0.52), (200, 0.51), (500, 0.505)];
+        let out = analyse(&series_with(&real, &gauss, 0.50), 100, 1.0).unwrap();
+        assert_eq!(out.crossing_step, vec![Some(200)]);
+        assert_eq!(out.real_at_crossing, vec![0.48]);
+        assert_eq!(out.final_step, vec![500]);
+        // Early (<= 100): the largest gap is 0.03 at step 100.
+        assert!((out.early_max_abs_z[0] - 0.03 / 0.01f64.hypot(0.01)).abs() < 1e-9);
+        // The surrogate never goes below its line.
+        assert!(out.gaussian_max_below_wiener_z[0] < 0.0);
+        assert!((out.real_max_below_wiener_z[0] - 0.05 / 0.01f64.hypot(0.01)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_crossing_is_null_and_missing_series_is_an_error() {
+        let real = [(0, 1.0), (10, 0.6)];
+        let out = analyse(&series_with(&real, &real, 0.5), 100, 1.0).unwrap();
+        assert_eq!(out.crossing_step, vec![None]);
+        assert!(out.real_at_crossing[0].is_nan());
+        let mut s = series_with(&real, &real, 0.5);
+        s.remove(&("unet".to_string(), "gaussian".to_string(), 10));
+        let err = analyse(&s, 100, 1.0).unwrap_err().to_string();
+        assert!(err.contains("set gaussian"), "{err}");
     }
 
     #[test]
