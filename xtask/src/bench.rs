@@ -61,7 +61,7 @@ fn defaults<A: clap::Args + clap::FromArgMatches>() -> A {
     A::from_arg_matches(&command.get_matches_from(["bench"])).expect("every argument has a default")
 }
 
-/// The best (largest) rate over rounds; `round` returns (units done, time taken).
+/// The best (largest) rate over rounds of (units done, time taken).
 struct BestRate(f64);
 
 impl BestRate {
@@ -134,7 +134,7 @@ pub struct McmArgs {
     /// Seconds spent on each measurement (split over the rounds).
     #[arg(long, default_value_t = 0.8)]
     pub seconds: f64,
-    /// Interleaved rounds per measurement; the best is kept.
+    /// Interleaved rounds per measurement (one thread: summed; all threads: the best).
     #[arg(long, default_value_t = 8)]
     pub rounds: usize,
     /// Replicas the NumPy peer vectorises over.
