@@ -139,6 +139,10 @@ pub struct SeriesParams {
     /// Palette index (default: the series' position).
     #[serde(default)]
     pub color: Option<usize>,
+    /// With `by`: shift group i of n along x by (i - (n - 1) / 2) * dodge, so
+    /// markers with equal values side by side stay visible.
+    #[serde(default)]
+    pub dodge: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,7 +178,8 @@ impl Stage for PlotFigure {
     type Params = FigureParams;
     const KIND: &'static str = "plot.figure";
     // 2: series of a `by` group keep one colour per group across series; label templates.
-    const VERSION: &'static str = "2";
+    // 3: `dodge`.
+    const VERSION: &'static str = "3";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
@@ -187,6 +192,16 @@ impl Stage for PlotFigure {
         for (i, panel) in p.panels.iter().enumerate() {
             if panel.heatmap.is_none() && (panel.x.is_none() || panel.series.is_empty()) {
                 return Err(ParamIssue::new(format!("panels.{i}"), "a panel needs `x` and `series`, or a `heatmap`"));
+            }
+            for (j, series) in panel.series.iter().enumerate() {
+                if let Some(dodge) = series.dodge {
+                    if series.by.is_none() {
+                        return Err(ParamIssue::new(format!("panels.{i}.series.{j}.dodge"), "`dodge` shifts the groups of a `by` series: set `by`"));
+                    }
+                    if !dodge.is_finite() || panel.x_scale == AxisScale::Log {
+                        return Err(ParamIssue::new(format!("panels.{i}.series.{j}.dodge"), "`dodge` needs a finite value and a linear x axis"));
+                    }
+                }
             }
             for (j, l) in panel.hlines.iter().chain(&panel.vlines).enumerate() {
                 if l.value.is_some() == l.column.is_some() {
@@ -313,12 +328,17 @@ fn build_panel(
                 .collect::<Result<_, StageError>>()?,
         };
         let grouped = s.by.is_some();
+        let group_count = groups.len();
         for (group_index, (label, g)) in groups.into_iter().enumerate() {
             let label = fill_template(&label, &g)?;
             // Groups of a `by` series keep the same colours in every series of the
             // panel (points, fits and theory of one case match).
             let series_color = if grouped { s.color.unwrap_or(0) + group_index } else { s.color.unwrap_or(color) };
-            let x = column_f64(&g, spec.x.as_deref().unwrap_or_default())?;
+            let mut x = column_f64(&g, spec.x.as_deref().unwrap_or_default())?;
+            if let Some(dodge) = s.dodge {
+                let shift = (group_index as f64 - (group_count as f64 - 1.0) / 2.0) * dodge;
+                x.iter_mut().for_each(|v| *v += shift);
+            }
             let mut series = Series::new(label, x, column_f64(&g, &s.y)?).style(Style {
                 kind: match s.style {
                     SeriesStyle::Line => StyleKind::Line,
