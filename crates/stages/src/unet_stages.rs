@@ -181,6 +181,10 @@ impl Stage for UnetTrain {
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
         let started = Instant::now();
+        // First, so a CPU-only build fails before any loading.
+        let device = e2h_unet::select_device(&p.device).map_err(|e| {
+            format!("{e}: build the GPU binary with `cargo build --release -p xtask --features cuda` (README), or use a CPU profile such as `--profile ci`")
+        })?;
         let model_file = ctx.input("model")?[0].file(MODEL_FILE).ok_or("the model input has no Gaussian model file")?;
         let gaussian = load_model(&model_file)?;
         if gaussian.dim() != DIM {
@@ -191,7 +195,6 @@ impl Stage for UnetTrain {
         if test.n < p.eval_images {
             return Err(format!("eval_images = {} but only {} test images are available", p.eval_images, test.n).into());
         }
-        let device = e2h_unet::select_device(&p.device)?;
         if device.is_cuda() {
             e2h_unet::set_tf32(p.tf32);
         }
