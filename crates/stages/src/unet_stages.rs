@@ -576,6 +576,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_two_ddpm_schedules_agree() {
+        // The U-Net crate (candle) and the CIFAR crate (f64 statistics) each carry
+        // the DDPM schedule; Figure 1 compares losses computed with both.
+        let unet = DdpmSchedule::new(&DdpmConfig::default());
+        let cifar = e2h_cifar::ddpm::DdpmSchedule::default();
+        assert_eq!(unet.num_steps(), cifar.num_steps());
+        for t in 1..=unet.num_steps() {
+            let (a, b) = (unet.alpha_bar(t), cifar.alpha_bar(t));
+            assert!((a - b).abs() <= 1e-15 * b.max(1e-300), "t = {t}: {a} vs {b}");
+        }
+    }
+
+    #[test]
     fn derived_seeds_differ_by_purpose_and_seed() {
         assert_ne!(derive_seed(0, EVAL_NOISE), derive_seed(0, SURROGATE_SAMPLES));
         assert_ne!(derive_seed(0, EVAL_NOISE), derive_seed(1, EVAL_NOISE));
