@@ -309,12 +309,8 @@ pub fn trajectories(
     per_replica.into_iter().flatten().collect()
 }
 
-/// Which overlap defines weak recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    U,
-    V,
-}
+/// Which overlap defines weak recovery: the planted direction of the population loss.
+pub use crate::population::Direction;
 
 /// Result of a weak-recovery run.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -120,11 +120,7 @@ impl Stage for Recovery {
         let model = Mcm::new(params, ctx.seed());
         let stride = (p.d as u64 / 8).max(1);
         let bar = ctx.progress(budget * p.replicas, "pSGD samples (budget)");
-        let sim_dir = match dir {
-            Direction::U => simulate::Direction::U,
-            Direction::V => simulate::Direction::V,
-        };
-        let runs = simulate::recovery_times(&model, cfg, ctx.seed(), p.replicas, sim_dir, threshold, budget, stride, &|n| bar.inc(n));
+        let runs = simulate::recovery_times(&model, cfg, ctx.seed(), p.replicas, dir, threshold, budget, stride, &|n| bar.inc(n));
         bar.finish();
         // The deterministic prediction from the typical start |m_u| = |m_v| = 1/sqrt(d).
         let dynamics = OverlapDynamics::new(pop, p.d, p.delta, p.lr_exponent);
