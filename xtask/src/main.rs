@@ -77,8 +77,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn fail(e: anyhow::Error) -> std::process::ExitCode {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
+    let message = e.to_string();
+    eprintln!("error: {message}");
+    // Library errors often repeat their source in their own message: print a
+    // cause only when it adds something.
+    for cause in e.chain().skip(1).map(|c| c.to_string()).filter(|c| !message.contains(c.as_str())) {
         eprintln!("  caused by: {cause}");
     }
     std::process::ExitCode::FAILURE

@@ -183,7 +183,12 @@ impl Stage for UnetTrain {
         let started = Instant::now();
         // First, so a CPU-only build fails before any loading.
         let device = e2h_unet::select_device(&p.device).map_err(|e| {
-            format!("{e}: build the GPU binary with `cargo build --release -p xtask --features cuda` (README), or use a CPU profile such as `--profile ci`")
+            // The message, without the backtrace candle attaches when RUST_BACKTRACE is set.
+            let e = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            format!("{e}; build the GPU binary with `cargo build --release -p xtask --features cuda` (README), or use a CPU profile such as `--profile ci`")
         })?;
         let model_file = ctx.input("model")?[0].file(MODEL_FILE).ok_or("the model input has no Gaussian model file")?;
         let gaussian = load_model(&model_file)?;
