@@ -188,7 +188,11 @@ impl Stage for UnetTrain {
                 candle_core::Error::WithBacktrace { inner, .. } => *inner,
                 e => e,
             };
-            format!("{e}; build the GPU binary with `cargo build --release -p xtask --features cuda` (README), or use a CPU profile such as `--profile ci`")
+            if cfg!(feature = "cuda") {
+                format!("{e} (is a GPU visible to this process?)")
+            } else {
+                format!("{e}; build the GPU binary with `cargo build --release -p xtask --features cuda` (README), or use a CPU profile such as `--profile ci`")
+            }
         })?;
         let model_file = ctx.input("model")?[0].file(MODEL_FILE).ok_or("the model input has no Gaussian model file")?;
         let gaussian = load_model(&model_file)?;
