@@ -240,12 +240,11 @@ impl Cache {
                 }
                 // Only remove what no live run holds: take the lock without blocking.
                 let lock_path = self.root.join("locks").join(format!("{key}.lock"));
-                if let Ok(f) = fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path) {
-                    if f.try_lock().is_ok() {
+                if let Ok(f) = fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path)
+                    && f.try_lock().is_ok() {
                         let p = e.path();
                         let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
                     }
-                }
             }
         }
         Ok(removed)

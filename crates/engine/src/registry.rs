@@ -76,11 +76,10 @@ impl<S: Stage> DynStage for Typed<S> {
             let mut field = path_segments(&e.path().to_string());
             let message = e.inner().to_string();
             // Point at the unknown key itself, not at its parent mapping.
-            if let Some(name) = unknown_field_name(&message) {
-                if field.last().map(String::as_str) != Some(name) {
+            if let Some(name) = unknown_field_name(&message)
+                && field.last().map(String::as_str) != Some(name) {
                     field.push(name.to_string());
                 }
-            }
             ParamIssue { field: field.join("."), message }
         })?;
         S::validate(&typed)?;

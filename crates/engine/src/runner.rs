@@ -144,8 +144,8 @@ impl<'a> Runner<'a> {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        if !self.options.dry_run {
-            if let Some(root) = &self.options.publish_root {
+        if !self.options.dry_run
+            && let Some(root) = &self.options.publish_root {
                 for (stage, meta) in plan.stages.iter().zip(&metas) {
                     if let (Some(stem), Some(meta)) = (&stage.publish, meta) {
                         let stem = format!("{stem}{}", self.options.publish_suffix);
@@ -153,7 +153,6 @@ impl<'a> Runner<'a> {
                     }
                 }
             }
-        }
         Ok(report)
     }
 
@@ -203,12 +202,11 @@ impl<'a> Runner<'a> {
         };
         let _lock = self.cache.lock(&stage.key).map_err(&entry_write)?;
         // Another process may have computed the key while we waited for the lock.
-        if !forced {
-            if let EntryStatus::Valid(meta) = self.cache.status(&stage.key) {
+        if !forced
+            && let EntryStatus::Valid(meta) = self.cache.status(&stage.key) {
                 tracing::info!("{}: computed meanwhile by another run", stage.name);
                 return Ok(*meta);
             }
-        }
         self.cache.discard(&stage.key).map_err(&entry_write)?;
         let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
         let pending = self.cache.begin(&stage.key).map_err(&entry_write)?;

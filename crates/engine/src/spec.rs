@@ -199,11 +199,10 @@ impl PipelineSpec {
         let file: PipelineFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let mut field: Vec<String> = crate::registry::path_segments(&e.path().to_string());
             let message = e.inner().to_string();
-            if let Some(name) = crate::registry::unknown_field_name(&message) {
-                if field.last().map(String::as_str) != Some(name) {
+            if let Some(name) = crate::registry::unknown_field_name(&message)
+                && field.last().map(String::as_str) != Some(name) {
                     field.push(name.to_string());
                 }
-            }
             let at: Vec<&str> = field.iter().map(String::as_str).collect();
             let pos = crate::locate::locate(&source, &at);
             EngineError::located(path, pos, field.join("."), message)

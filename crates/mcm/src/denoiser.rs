@@ -189,8 +189,8 @@ mod tests {
         for k in 0..2 {
             let raw: Vec<f64> = (0..20).map(|i| den.w[k * 20 + i] - eta * grad[k * 20 + i]).collect();
             let n = dot(&raw, &raw).sqrt();
-            for i in 0..20 {
-                assert!((stepped.w[k * 20 + i] - raw[i] / n).abs() < 1e-12);
+            for (i, r) in raw.iter().enumerate() {
+                assert!((stepped.w[k * 20 + i] - r / n).abs() < 1e-12);
             }
             assert!((dot(stepped.neuron(k), stepped.neuron(k)) - 1.0).abs() < 1e-12);
         }

@@ -366,7 +366,7 @@ pub fn recovery_times(
                 }
                 let next = (tr.n + stride).min(budget);
                 tr.run_until(next);
-                if tr.n - reported >= budget / 100 + 1 {
+                if tr.n - reported > budget / 100 {
                     on_progress(tr.n - reported);
                     reported = tr.n;
                 }

@@ -82,7 +82,8 @@ impl Stage for Population {
         if p.landscape_grid < 3 {
             return Err(ParamIssue::new("landscape_grid", "use at least 3 points per axis"));
         }
-        if !(p.m_u_given.abs() < 1.0) {
+        // Written to reject NaN as well.
+        if p.m_u_given.is_nan() || p.m_u_given.abs() >= 1.0 {
             return Err(ParamIssue::new("m_u_given", "m_u_given must lie in (-1, 1)"));
         }
         Ok(())

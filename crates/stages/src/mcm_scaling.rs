@@ -78,11 +78,10 @@ impl Stage for Recovery {
         positive("delta", p.delta)?;
         positive("budget_factor", p.budget_factor)?;
         positive("threshold_fraction", p.threshold_fraction)?;
-        if let Some(t) = p.threshold {
-            if !(t > 0.0 && t < 1.0) {
+        if let Some(t) = p.threshold
+            && !(t > 0.0 && t < 1.0) {
                 return Err(ParamIssue::new("threshold", format!("threshold must lie in (0, 1), got {t}")));
             }
-        }
         if p.replicas == 0 {
             return Err(ParamIssue::new("replicas", "at least one replica is needed"));
         }
@@ -99,7 +98,7 @@ impl Stage for Recovery {
             Direction::V => optimum.m_v.abs(),
         };
         let threshold = p.threshold.unwrap_or(p.threshold_fraction * opt_overlap);
-        if !(threshold > 1.0 / (p.d as f64).sqrt()) {
+        if threshold.is_nan() || threshold <= 1.0 / (p.d as f64).sqrt() {
             return Err(format!(
                 "threshold {threshold:.4} is not above the typical initial overlap 1/sqrt(d) = {:.4} \
                  (population optimum |m| = {opt_overlap:.4}); give `threshold` explicitly",

@@ -58,7 +58,7 @@ fn ls_verify_and_gc_report_and_clean_the_cache() {
     assert!(!dry.stdout.contains(&figure_key), "{dry}");
     assert_eq!(root.cache_listing("entries").len(), 2, "a dry run removed something");
     root.xtask(&["cache", "gc"]).success().stdout_has("removed 1 entries");
-    assert_eq!(root.cache_listing("entries"), [figure_key.clone()]);
+    assert_eq!(root.cache_listing("entries"), std::slice::from_ref(&figure_key));
     assert!(root.cache_listing("tmp").is_empty(), "{:?}", root.cache_listing("tmp"));
     root.xtask(&["cache", "verify"]).success().stdout_has("1 valid, 0 corrupt");
     root.xtask(&["figure", "9", "--profile", "ci"]).success().stdout_has("cached   sim");
