@@ -166,6 +166,24 @@ pub struct UNet {
     device: candle_core::Device,
 }
 
+/// The self-attention block after a residual block at resolution `res`, when the
+/// configuration asks for one there (its parameters are counted into `params`).
+fn attention_at(
+    config: &UNetConfig,
+    res: usize,
+    channels: usize,
+    groups: usize,
+    vb: VarBuilder,
+    params: &mut usize,
+) -> Result<Option<AttentionBlock>> {
+    if !config.attn_resolutions.contains(&res) {
+        return Ok(None);
+    }
+    let a = AttentionBlock::new(channels, groups, vb)?;
+    *params += a.param_count();
+    Ok(Some(a))
+}
+
 impl UNet {
     /// Build the network; parameters come from `vb` (e.g. [`crate::ParamStore::var_builder`]).
     pub fn new(config: &UNetConfig, vb: VarBuilder) -> Result<Self> {
@@ -195,14 +213,7 @@ impl UNet {
                 params += b.param_count();
                 blocks.push(b);
                 ch = out;
-                let a = if config.attn_resolutions.contains(&res) {
-                    let a = AttentionBlock::new(ch, g, vbl.pp("attn").pp(j))?;
-                    params += a.param_count();
-                    Some(a)
-                } else {
-                    None
-                };
-                attns.push(a);
+                attns.push(attention_at(config, res, ch, g, vbl.pp("attn").pp(j), &mut params)?);
                 skip_ch.push(ch);
             }
             let d = if i + 1 != levels {
@@ -244,14 +255,7 @@ impl UNet {
                 params += b.param_count();
                 blocks.push(b);
                 ch = out;
-                let a = if config.attn_resolutions.contains(&res) {
-                    let a = AttentionBlock::new(ch, g, vbl.pp("attn").pp(j))?;
-                    params += a.param_count();
-                    Some(a)
-                } else {
-                    None
-                };
-                attns.push(a);
+                attns.push(attention_at(config, res, ch, g, vbl.pp("attn").pp(j), &mut params)?);
             }
             let u = if i != 0 {
                 let u = Upsample::new(ch, vbl.pp("upsample"))?.with_conv_impl(ci);
