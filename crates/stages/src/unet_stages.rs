@@ -121,13 +121,10 @@ impl UnetTrainParams {
     }
 }
 
-/// A seed for one purpose derived from the stage seed (splitmix64), so the
-/// training, the evaluation noise and the surrogate samples never share a stream.
+/// A seed for one purpose derived from the stage seed, so the training, the
+/// evaluation noise and the surrogate samples never share a stream.
 fn derive_seed(seed: u64, purpose: u64) -> u64 {
-    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    e2h_unet::rng::derive_seed(seed, purpose, 0)
 }
 const EVAL_NOISE: u64 = 1;
 const SURROGATE_SAMPLES: u64 = 2;
@@ -140,7 +137,8 @@ pub struct UnetTrain;
 impl Stage for UnetTrain {
     type Params = UnetTrainParams;
     const KIND: &'static str = "unet.train";
-    const VERSION: &'static str = "1";
+    // 2: evaluation noise and surrogate seeds derived with the U-Net crate's derive_seed.
+    const VERSION: &'static str = "2";
     const INPUTS: InputArity = InputArity::Exactly(&["model"]);
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
