@@ -7,8 +7,13 @@
 
 pub mod denoiser;
 pub mod model;
+pub mod network_loss;
 pub mod population;
 pub mod simulate;
 pub mod theory;
 
 pub use model::{Activation, Coupling, Mcm, McmParams, NoiseLevel, NuLaw};
+pub use network_loss::{
+    NetworkLoss, NetworkLossError, NetworkLosses, NetworkState, ReadoutQuadratic,
+    best_reachable_loss, network_losses,
+};

@@ -110,11 +110,11 @@ pub struct Optimum {
 /// A node of the rule over the latents. With `lambda_in_variance` lambda is
 /// integrated exactly (it adds beta_u m_u^2 to the variance of h) and `lambda` is 0.
 #[derive(Debug, Clone, Copy)]
-struct LatentNode {
-    lambda: f64,
-    nu: f64,
-    weight: f64,
-    lambda_in_variance: bool,
+pub(crate) struct LatentNode {
+    pub(crate) lambda: f64,
+    pub(crate) nu: f64,
+    pub(crate) weight: f64,
+    pub(crate) lambda_in_variance: bool,
 }
 
 /// Conditional expectations at one latent node: the excess Psi(mu, S^2), its
@@ -613,7 +613,7 @@ fn is_kinked(act: Activation) -> bool {
 
 /// Nodes of the rule over the latents (see the module docs), `n` the order of
 /// each one-dimensional rule.
-fn latent_nodes(p: &McmParams, n: usize) -> Vec<LatentNode> {
+pub(crate) fn latent_nodes(p: &McmParams, n: usize) -> Vec<LatentNode> {
     let nu = nu_rule(p.nu, n);
     let mut nodes: Vec<LatentNode> = nu
         .nodes
