@@ -125,6 +125,9 @@ pub struct Panel {
     /// Same pixels per unit on both axes (per decade on log axes), e.g. for
     /// maps on a disc; the plot area shrinks in one direction to achieve it.
     pub equal_aspect: bool,
+    /// Labelled x ticks `(value, label)` replacing the automatic ones (e.g.
+    /// the names of categorical cases drawn at x = 1, 2, 3); empty: automatic.
+    pub x_tick_labels: Vec<(f64, String)>,
 }
 
 impl Panel {
@@ -216,6 +219,12 @@ impl Panel {
 
     pub fn equal_aspect(mut self, on: bool) -> Self {
         self.equal_aspect = on;
+        self
+    }
+
+    /// Labelled x ticks at the given data values, replacing the automatic ticks.
+    pub fn x_tick_labels(mut self, ticks: Vec<(f64, String)>) -> Self {
+        self.x_tick_labels = ticks;
         self
     }
 }

@@ -18,7 +18,7 @@ use crate::geom::{
 };
 use crate::model::{Figure, Heatmap, LegendPos, Marker, Panel, Scale, Series, Style, StyleKind};
 use crate::text;
-use crate::ticks::{Ticks, linear_ticks, ticks, to_axis};
+use crate::ticks::{Tick, Ticks, linear_ticks, ticks, to_axis};
 
 type Res = Result<(), String>;
 
@@ -768,7 +768,17 @@ fn draw_panel<DB: DrawingBackend>(cv: &Canvas<DB>, p: &Panel, (ox, oy): P, (pw, 
 
     // X ticks: fewer until the labels do not collide.
     let mut x_target = ((plot_w / 60.0) as usize).clamp(2, 10);
-    let xt = loop {
+    let xt = if !p.x_tick_labels.is_empty() {
+        Ticks {
+            major: p
+                .x_tick_labels
+                .iter()
+                .filter_map(|(v, label)| to_axis(x_axis.scale, *v).map(|pos| Tick { pos, label: label.clone() }))
+                .collect(),
+            minor: Vec::new(),
+        }
+    } else {
+        loop {
         let t = ticks(x_axis.scale, x_axis.lo, x_axis.hi, x_target, plot_w);
         let total: f64 = t
             .major
@@ -779,6 +789,7 @@ fn draw_panel<DB: DrawingBackend>(cv: &Canvas<DB>, p: &Panel, (ox, oy): P, (pw, 
             break t;
         }
         x_target -= 1;
+        }
     };
 
     // Grid.

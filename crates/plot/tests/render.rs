@@ -161,6 +161,30 @@ fn log_tick_labels_use_powers_of_ten() {
     );
 }
 
+#[test]
+fn categorical_tick_labels_replace_the_automatic_ticks() {
+    let panel = |labels: Vec<(f64, String)>| {
+        Panel::new("")
+            .x_range(0.5, 3.5)
+            .series(Series::new("", vec![1.0, 2.0, 3.0], vec![20.0, 80.0, 50.0]).style(Style::points()))
+            .x_tick_labels(labels)
+    };
+    // Text runs of the SVG are ">\nTEXT\n</text>"; the y ticks are whole numbers.
+    let has_text = |svg: &str, t: &str| svg.contains(&format!(">\n{t}\n</text>"));
+    let auto = render_svg_string(&Figure::new("").panel(panel(Vec::new()))).unwrap();
+    assert!(has_text(&auto, "1.5") && has_text(&auto, "2.5"), "automatic x ticks expected");
+    let named = vec![
+        (1.0, "alpha case".to_string()),
+        (2.0, "beta case".to_string()),
+        (3.0, "gamma case".to_string()),
+    ];
+    let svg = render_svg_string(&Figure::new("").panel(panel(named))).unwrap();
+    for label in ["alpha case", "beta case", "gamma case"] {
+        assert!(has_text(&svg, label), "missing tick label {label}");
+    }
+    assert!(!has_text(&svg, "1.5") && !has_text(&svg, "2.5"), "automatic x ticks still drawn");
+}
+
 fn degenerate_panels() -> Vec<Panel> {
     let nan = f64::NAN;
     let inf = f64::INFINITY;

@@ -77,6 +77,11 @@ pub struct PanelParams {
     pub x: Option<String>,
     #[serde(default)]
     pub x_label: String,
+    /// Categorical x axis: one labelled tick at each distinct value of `x`,
+    /// labelled with this column's value in the first row that has it (e.g.
+    /// `x: case_id` with `x_tick_labels: case`).
+    #[serde(default)]
+    pub x_tick_labels: Option<String>,
     #[serde(default)]
     pub y_label: String,
     #[serde(default)]
@@ -179,7 +184,8 @@ impl Stage for PlotFigure {
     const KIND: &'static str = "plot.figure";
     // 2: series of a `by` group keep one colour per group across series; label templates.
     // 3: `dodge`.
-    const VERSION: &'static str = "3";
+    // 4: `x_tick_labels`.
+    const VERSION: &'static str = "4";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
@@ -192,6 +198,9 @@ impl Stage for PlotFigure {
         for (i, panel) in p.panels.iter().enumerate() {
             if panel.heatmap.is_none() && (panel.x.is_none() || panel.series.is_empty()) {
                 return Err(ParamIssue::new(format!("panels.{i}"), "a panel needs `x` and `series`, or a `heatmap`"));
+            }
+            if panel.x_tick_labels.is_some() && (panel.x.is_none() || panel.x_scale == AxisScale::Log) {
+                return Err(ParamIssue::new(format!("panels.{i}.x_tick_labels"), "categorical tick labels need an `x` column on a linear axis"));
             }
             for (j, series) in panel.series.iter().enumerate() {
                 if let Some(dodge) = series.dodge {
@@ -264,6 +273,21 @@ fn distinct(df: &DataFrame, col: &str) -> Result<Vec<String>, StageError> {
     Ok(seen)
 }
 
+/// One tick per distinct value of column `x` (first-appearance order),
+/// labelled with column `labels` of the first row that has it.
+fn categorical_ticks(df: &DataFrame, x: &str, labels: &str) -> Result<Vec<(f64, String)>, StageError> {
+    let mut ticks: Vec<(f64, String)> = Vec::new();
+    for (v, label) in column_f64(df, x)?.into_iter().zip(column_string(df, labels)?) {
+        if v.is_finite() && !ticks.iter().any(|(t, _)| *t == v) {
+            ticks.push((v, label));
+        }
+    }
+    if ticks.is_empty() {
+        return Err(format!("no finite `{x}` values to label with `{labels}`").into());
+    }
+    Ok(ticks)
+}
+
 /// Replaces `{column}` in a label by that column's value in the first row.
 fn fill_template(label: &str, df: &DataFrame) -> Result<String, StageError> {
     let mut out = label.to_string();
@@ -310,6 +334,9 @@ fn build_panel(
     }
     if let Some([a, b]) = spec.y_range {
         panel = panel.y_range(a, b);
+    }
+    if let (Some(labels), Some(x)) = (&spec.x_tick_labels, &spec.x) {
+        panel = panel.x_tick_labels(categorical_ticks(df, x, labels)?);
     }
     let mut color = 0usize;
     for s in &spec.series {
@@ -400,4 +427,32 @@ fn build_panel(
         panel = panel.heatmap(hm);
     }
     Ok(panel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameBuilder;
+
+    #[test]
+    fn categorical_ticks_label_each_distinct_x_once_in_order() {
+        let names = ["v", "v", "u", "coupled", "u"].map(String::from).to_vec();
+        let df = FrameBuilder::new().f64("case_id", vec![2.0, 2.0, 1.0, 3.0, 1.0]).str("case", names).build().unwrap();
+        let ticks = categorical_ticks(&df, "case_id", "case").unwrap();
+        assert_eq!(ticks, vec![(2.0, "v".to_string()), (1.0, "u".to_string()), (3.0, "coupled".to_string())]);
+        assert!(categorical_ticks(&df, "case_id", "no_such_column").is_err());
+    }
+
+    #[test]
+    fn categorical_ticks_need_a_linear_x_axis() {
+        let figure = |panel: serde_json::Value| -> FigureParams {
+            serde_json::from_value(serde_json::json!({"title": "t", "panels": [panel]})).unwrap()
+        };
+        let base = serde_json::json!({"input": "a", "table": "b", "x": "case_id", "x_tick_labels": "case", "series": [{"y": "k"}]});
+        assert!(PlotFigure::validate(&figure(base.clone())).is_ok());
+        let mut log = base.clone();
+        log["x_scale"] = serde_json::json!("log");
+        let err = PlotFigure::validate(&figure(log)).unwrap_err();
+        assert!(format!("{err:?}").contains("x_tick_labels"), "{err:?}");
+    }
 }
