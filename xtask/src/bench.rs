@@ -18,7 +18,7 @@ use e2h_engine::cache::EntryMeta;
 use e2h_engine::{Cache, EntryStatus};
 use e2h_mcm::model::{SimRng, rng_for};
 use e2h_mcm::simulate::{self, PsgdConfig};
-use e2h_mcm::{Activation, Coupling, Mcm, McmParams, NoiseLevel, NuLaw};
+use e2h_mcm::{Activation, Coupling, Mcm, McmParams, NetworkLoss, NetworkState, NoiseLevel, NuLaw};
 use rand::RngCore;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -299,7 +299,41 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
     if let Some(note) = numpy_note {
         println!("{note}");
     }
+    bench_network_loss(&single_pool, rounds, round_seconds);
     Ok(())
+}
+
+/// The exact population losses (MCM and surrogate) of K = 2 neurons with
+/// readouts, as Figure 2 evaluates them at every logged point: milliseconds
+/// per call on one thread, against the target of 10 ms.
+fn bench_network_loss(single_pool: &rayon::ThreadPool, rounds: usize, round_seconds: f64) {
+    println!("\nExact population losses of K = 2 neurons with readouts (MCM and surrogate; tanh(2y), t 0.3), one thread:");
+    // Two neurons with overlaps on u, v and the bulk, and nonzero readouts.
+    let state = NetworkState::from_coordinates(
+        &[vec![0.8, 0.3, 0.52, 0.0], vec![0.2, 0.7, 0.1, 0.68]],
+        vec![0.5, 0.4],
+        vec![0.2, -0.3],
+    );
+    for (name, coupling) in [("independent latents", Coupling::None), ("linear coupling rho 0.8", Coupling::Linear { rho: 0.8 })] {
+        let params = McmParams { d: 64, beta_u: 2.0, beta_v: 5.0, nu: NuLaw::Rademacher, coupling };
+        let loss = NetworkLoss::new(params, NoiseLevel::at(0.3), Activation::Tanh2);
+        let mut per_call = ThreadRate::new();
+        single_pool.install(|| {
+            for _ in 0..rounds {
+                per_call.measure(|| {
+                    let start = Instant::now();
+                    let mut calls = 0.0;
+                    while calls < 1.0 || start.elapsed().as_secs_f64() < round_seconds {
+                        black_box(loss.losses(black_box(&state)).expect("a valid state"));
+                        calls += 1.0;
+                    }
+                    calls
+                });
+            }
+        });
+        let ms = 1e3 / per_call.rate();
+        println!("  {name}: {ms:.2} ms per call; target < 10 ms: {}", if ms < 10.0 { "met" } else { "missed" });
+    }
 }
 
 /// Throughput of the NumPy peer at one d.
