@@ -92,8 +92,10 @@ const KINK_ORDER: usize = 48;
 const LATENT_ORDER: usize = 12;
 
 /// Tolerance of the checks on the Gram matrix (unit diagonal, symmetry,
-/// u orthogonal to v, positive semi-definiteness).
-const GRAM_TOL: f64 = 1e-9;
+/// u orthogonal to v, positive semi-definiteness): loose enough for states
+/// integrated in floating point; the matrix is then normalised to a unit
+/// diagonal and symmetrised.
+const GRAM_TOL: f64 = 1e-6;
 
 /// An inner standard deviation below this fraction of the total is treated as
 /// zero (the neurons are parallel): the error is of order its square.
@@ -706,18 +708,22 @@ fn parse_gram(gram: &[f64], k: usize) -> Result<Overlaps, NetworkLossError> {
             neurons: k,
         });
     }
-    let at = |i: usize, j: usize| gram[i * n + j];
+    let raw = |i: usize, j: usize| gram[i * n + j];
     for i in 0..n {
-        if !at(i, i).is_finite() || (at(i, i) - 1.0).abs() > GRAM_TOL {
+        if !raw(i, i).is_finite() || (raw(i, i) - 1.0).abs() > GRAM_TOL {
             return Err(NetworkLossError::GramEntry {
                 row: i,
                 col: i,
-                value: at(i, i),
+                value: raw(i, i),
                 why: "the vectors must have unit norm",
             });
         }
+    }
+    // Unit diagonal and exact symmetry from here on.
+    let at = |i: usize, j: usize| 0.5 * (raw(i, j) + raw(j, i)) / (raw(i, i) * raw(j, j)).sqrt();
+    for i in 0..n {
         for j in 0..i {
-            if !at(i, j).is_finite() || (at(i, j) - at(j, i)).abs() > GRAM_TOL {
+            if !raw(i, j).is_finite() || (raw(i, j) - raw(j, i)).abs() > GRAM_TOL {
                 return Err(NetworkLossError::GramEntry {
                     row: i,
                     col: j,

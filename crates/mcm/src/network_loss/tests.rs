@@ -376,6 +376,14 @@ fn invalid_states_are_refused() {
         net.losses(&skew),
         Err(NetworkLossError::GramEntry { row: 0, col: 1, .. })
     ));
+    // A state integrated in floating point (norms and symmetry off by 1e-8) is
+    // normalised, not refused.
+    let mut drifted = good.clone();
+    drifted.gram[2 * 4 + 2] += 2e-8;
+    drifted.gram[3 * 4 + 2] += 1e-8;
+    drifted.gram[1] += 1e-9;
+    let (l, ld) = (net.losses(&good).unwrap(), net.losses(&drifted).unwrap());
+    assert!((l.mcm - ld.mcm).abs() < 1e-6 && (l.gauss - ld.gauss).abs() < 1e-6, "{l:?} {ld:?}");
     // m_u = m_v = 0.9: no unit vector has these overlaps.
     let impossible = NetworkState {
         gram: vec![1.0, 0.0, 0.9, 0.0, 1.0, 0.9, 0.9, 0.9, 1.0],
