@@ -14,6 +14,7 @@ pub mod theory;
 
 pub use model::{Activation, Coupling, Mcm, McmParams, NoiseLevel, NuLaw};
 pub use network_loss::{
-    NetworkLoss, NetworkLossError, NetworkLosses, NetworkState, ReadoutQuadratic,
+    NetworkLoss, NetworkLossError, NetworkLosses, NetworkState, OverlapGradient, OverlapGradients,
+    ReadoutQuadratic,
     best_reachable_loss, network_losses,
 };

@@ -327,6 +327,7 @@ pub struct NetworkLoss {
 }
 
 /// The pieces of one Gram matrix the expectations need.
+#[derive(Debug, Clone)]
 struct Overlaps {
     k: usize,
     m_u: Vec<f64>,
@@ -791,6 +792,9 @@ fn kink_rule() -> &'static quad::Rule {
     })
 }
 
+mod gradient;
 mod optimum;
+
+pub use gradient::{OverlapGradient, OverlapGradients};
 #[cfg(test)]
 mod tests;

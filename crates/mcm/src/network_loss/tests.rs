@@ -383,7 +383,10 @@ fn invalid_states_are_refused() {
     drifted.gram[3 * 4 + 2] += 1e-8;
     drifted.gram[1] += 1e-9;
     let (l, ld) = (net.losses(&good).unwrap(), net.losses(&drifted).unwrap());
-    assert!((l.mcm - ld.mcm).abs() < 1e-6 && (l.gauss - ld.gauss).abs() < 1e-6, "{l:?} {ld:?}");
+    assert!(
+        (l.mcm - ld.mcm).abs() < 1e-6 && (l.gauss - ld.gauss).abs() < 1e-6,
+        "{l:?} {ld:?}"
+    );
     // m_u = m_v = 0.9: no unit vector has these overlaps.
     let impossible = NetworkState {
         gram: vec![1.0, 0.0, 0.9, 0.0, 1.0, 0.9, 0.9, 0.9, 1.0],
@@ -580,4 +583,87 @@ fn coupled_latents_need_two_neurons_to_beat_the_wiener_filter() {
     assert!((l.mcm - two).abs() < 1e-12);
     let q = net.mcm_quadratic(&st2.gram, 2).unwrap();
     assert!(q.gradient(&st2.a, &st2.b).iter().all(|g| g.abs() < 1e-10));
+}
+
+#[test]
+fn overlap_gradient_of_one_neuron_is_the_single_neuron_gradient() {
+    let noise = NoiseLevel::at(0.3);
+    for coupling in [Coupling::None, Coupling::Linear { rho: 0.8 }] {
+        let p = McmParams {
+            coupling,
+            ..defaults()
+        };
+        let single = PopulationLoss::new(p, noise, Activation::Tanh2, 0.8);
+        let net = NetworkLoss::new(p, noise, Activation::Tanh2);
+        for (m_u, m_v) in [(0.6, 0.5), (1.0, 0.0), (0.1, -0.7)] {
+            let g = net
+                .overlap_gradients(&one_neuron(m_u, m_v, 0.8, 0.0))
+                .unwrap()
+                .mcm;
+            let (gu, gv) = single.gradient(m_u, m_v);
+            assert!(
+                (g.m_u[0] - gu).abs() < 1e-8 && (g.m_v[0] - gv).abs() < 1e-8,
+                "{coupling:?} at ({m_u}, {m_v}): ({}, {}) vs ({gu}, {gv})",
+                g.m_u[0],
+                g.m_v[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn overlap_gradient_predicts_the_loss_along_a_path_of_directions() {
+    let noise = NoiseLevel::at(0.3);
+    let net = NetworkLoss::new(
+        McmParams {
+            coupling: Coupling::Linear { rho: 0.8 },
+            ..defaults()
+        },
+        noise,
+        Activation::Tanh2,
+    );
+    // Two neurons whose coordinates move along a fixed direction.
+    let c0 = [vec![0.7, 0.3, 0.5, 0.2], vec![0.4, 0.6, -0.3, 0.5]];
+    let dc = [vec![0.1, -0.3, 0.2, 0.4], vec![-0.2, 0.1, 0.5, -0.3]];
+    let state = |e: f64| {
+        let rows: Vec<Vec<f64>> = c0
+            .iter()
+            .zip(&dc)
+            .map(|(c, d)| c.iter().zip(d).map(|(x, y)| x + e * y).collect())
+            .collect();
+        NetworkState::from_coordinates(&rows, vec![0.6, -0.4], vec![0.1, 0.3])
+    };
+    let h = 1e-4;
+    let (plus, minus) = (
+        net.losses(&state(h)).unwrap(),
+        net.losses(&state(-h)).unwrap(),
+    );
+    let g = net.overlap_gradients(&state(0.0)).unwrap();
+    let d_gram: Vec<f64> = state(h)
+        .gram
+        .iter()
+        .zip(&state(-h).gram)
+        .map(|(p, m)| (p - m) / (2.0 * h))
+        .collect();
+    let n = 4;
+    for (grad, (lp, lm)) in [
+        (&g.mcm, (plus.mcm, minus.mcm)),
+        (&g.gauss, (plus.gauss, minus.gauss)),
+    ] {
+        let mut predicted = 0.0;
+        for k in 0..2 {
+            predicted += grad.m_u[k] * d_gram[2 + k] + grad.m_v[k] * d_gram[n + 2 + k];
+        }
+        predicted += grad.q[1] * d_gram[2 * n + 3];
+        let along = (lp - lm) / (2.0 * h);
+        assert!(
+            (predicted - along).abs() < 1e-6,
+            "predicted {predicted}, along the path {along}"
+        );
+    }
+    // The readout partials are the quadratic's gradient.
+    let (mcm, _) = net.quadratics(&state(0.0).gram, 2).unwrap();
+    let d = mcm.gradient(&[0.6, -0.4], &[0.1, 0.3]);
+    assert_eq!(g.mcm.a, d[..2].to_vec());
+    assert_eq!(g.mcm.b, d[2..].to_vec());
 }
