@@ -5,6 +5,7 @@ mod cache_cmd;
 mod check;
 mod figure;
 mod pipeline;
+mod root;
 
 use std::path::PathBuf;
 
@@ -13,7 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Reproducible figure pipelines for Bardone, Merger & Goldt (2026)")]
 struct Cli {
-    /// Project root: pipelines/, figures/ and cache/ are found here.
+    /// Project root: pipelines/, figures/ and cache/ are found here (default: the
+    /// project `cargo xtask` runs in, else the nearest one above the current directory).
     #[arg(long, global = true, env = "E2H_ROOT")]
     root: Option<PathBuf>,
     /// Cache directory (default: <root>/cache).

@@ -16,11 +16,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(root: Option<PathBuf>, cache: Option<PathBuf>) -> anyhow::Result<Self> {
-        let root = match root {
-            Some(r) => r,
-            // xtask/ sits in the project root.
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf(),
-        };
+        let (root, _) = crate::root::find(root)?;
         let cache_dir = cache.unwrap_or_else(|| root.join("cache"));
         Ok(Context { root, cache_dir, registry: e2h_stages::registry() })
     }

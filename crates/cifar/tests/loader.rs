@@ -281,7 +281,7 @@ fn real_hf_home() -> Option<PathBuf> {
     let candidate = std::env::var_os("E2H_CIFAR_HF_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/hf-home")
+            manifest_dir().join("../../../shared/data/hf-home")
         });
     candidate
         .join(REPO_DIR)
@@ -330,4 +330,10 @@ fn real_cifar10_matches_known_statistics() {
     assert_eq!(test.n, 10_000);
     assert_eq!(test.class_counts(), [1000; 10]);
     assert_eq!(test.rgb(0, 0, 0), [158, 112, 49]);
+}
+
+/// This crate's folder, as `cargo test` sets it when the test runs (not when it
+/// was compiled: one test binary may serve another clone through a shared target).
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -52,7 +52,7 @@ fn load(
 }
 
 fn corpus() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad");
+    let dir = manifest_dir().join("tests/data/bad");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -306,7 +306,7 @@ fn fuzzed_pipelines_never_panic_and_errors_are_located() {
     for profile in [None, Some("default"), Some("ci"), Some("paper")] {
         load(path, VALID.to_string(), &sb.registry, profile).unwrap_or_else(|e| panic!("{profile:?}: {e:?}"));
     }
-    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/fig2-mcm-easy-to-hard.yaml");
+    let real = manifest_dir().join("../../pipelines/fig2-mcm-easy-to-hard.yaml");
     let real = std::fs::read_to_string(real).unwrap_or_default();
 
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0x5eed_e2b0);
@@ -345,4 +345,10 @@ fn fuzzed_pipelines_never_panic_and_errors_are_located() {
     // Both outcomes occur: the mutations are neither all fatal nor all harmless.
     assert!(ok > 200 && located > 2000, "ok {ok}, errors {located}");
     assert!(started.elapsed().as_secs() < 30, "fuzzing took {:?}", started.elapsed());
+}
+
+/// This crate's folder, as `cargo test` sets it when the test runs (not when it
+/// was compiled: one test binary may serve another clone through a shared target).
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

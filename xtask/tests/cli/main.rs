@@ -4,4 +4,5 @@
 mod cache;
 mod check;
 mod full_disk;
+mod root;
 mod util;
