@@ -71,6 +71,7 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
             publish_root: Some(ctx.root.clone()),
             publish_suffix,
             show_progress: true,
+            recompute_adopted: false,
         },
     );
     let report = runner.run(&plan)?;
@@ -78,7 +79,10 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     for s in &report.stages {
         let key = &s.key[..12];
         match (&s.outcome, args.dry_run) {
-            (StageOutcome::Cached, _) => println!("  cached   {:<40} {key}", s.name),
+            (StageOutcome::Cached, _) => match &s.adopted {
+                None => println!("  cached   {:<40} {key}", s.name),
+                Some(units) => println!("  cached   {:<40} {key}  ({})", s.name, adopted_note(units)),
+            },
             (StageOutcome::Run(reason), true) => println!("  run      {:<40} {key}  ({reason})", s.name),
             (StageOutcome::Run(reason), false) => {
                 let why = if matches!(reason, RunReason::Forced) { "forced".to_string() } else { reason.to_string() };
@@ -94,6 +98,15 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     }
     println!("done in {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// How a reused adopted entry is flagged: it was not made by the code that runs now.
+pub fn adopted_note(units: &[String]) -> String {
+    if units.is_empty() {
+        "adopted".to_string()
+    } else {
+        format!("adopted: made by other code ({})", units.join(", "))
+    }
 }
 
 fn print_table(_ctx: &Context, plan: &Plan, cache: &Cache, spec: &str) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
+use crate::registry::CodeFingerprints;
 
 pub const META_FILE: &str = "meta.json";
 
@@ -48,10 +49,17 @@ pub struct EntryMeta {
     pub stage: String,
     pub kind: String,
     pub kind_version: String,
+    /// The code that computed the files (kept when the entry is adopted).
+    #[serde(default)]
+    pub code: CodeFingerprints,
     pub params: serde_json::Value,
     pub seed: u64,
     /// Input name -> keys of the upstream entries.
     pub inputs: BTreeMap<String, Vec<String>>,
+    /// Each time a user vouched for this entry under other code, oldest first
+    /// (empty: computed by the code of its key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<Adoption>,
     pub crate_versions: BTreeMap<String, String>,
     pub git_commit: Option<String>,
     pub started: String,
@@ -62,6 +70,18 @@ pub struct EntryMeta {
     /// Free-form facts a stage records (precision, device, counts).
     #[serde(default)]
     pub info: BTreeMap<String, serde_json::Value>,
+}
+
+/// A user's explicit decision to reuse an entry under other code: the entry of
+/// `from_key` (keyed under `from_code`) was re-keyed under `to_code`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Adoption {
+    pub by: String,
+    /// UTC, ISO 8601.
+    pub at: String,
+    pub from_key: String,
+    pub from_code: CodeFingerprints,
+    pub to_code: CodeFingerprints,
 }
 
 /// What the cache holds for a key.
@@ -79,6 +99,8 @@ pub struct IndexRecord {
     pub key: String,
     pub kind: String,
     pub kind_version: String,
+    #[serde(default)]
+    pub code: CodeFingerprints,
     pub params: serde_json::Value,
     pub seed: u64,
     pub inputs: BTreeMap<String, Vec<String>>,
@@ -124,6 +146,13 @@ impl Cache {
             Ok(meta) => EntryStatus::Valid(Box::new(meta)),
             Err(reason) => EntryStatus::Corrupt(reason),
         }
+    }
+
+    /// The metadata of `key`'s entry, unverified (for listing and searching;
+    /// use [`Cache::status`] before reading its files).
+    pub fn read_meta(&self, key: &str) -> Option<EntryMeta> {
+        let bytes = fs::read(self.entry_dir(key).join(META_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Moves a corrupt entry out of the way (renamed first, so it vanishes atomically).

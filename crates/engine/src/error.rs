@@ -49,6 +49,8 @@ pub enum EngineError {
     NoSuchInput { stage: String, input: String },
     #[error("input `{input}` of stage `{stage}` has no table `{table}`")]
     NoSuchTable { stage: String, input: String, table: String },
+    #[error("cannot adopt an entry for stage `{stage}`: {reason}")]
+    Adopt { stage: String, reason: String },
     #[error("cannot publish {from} to {to}: {source}")]
     Publish { from: PathBuf, to: PathBuf, source: std::io::Error },
 }

@@ -9,6 +9,7 @@ mod error;
 mod locate;
 mod time;
 
+pub mod adopt;
 pub mod cache;
 pub mod check;
 pub mod context;
@@ -23,6 +24,6 @@ pub use cache::{Cache, EntryStatus};
 pub use context::{StageContext, UpstreamEntry};
 pub use error::{EngineError, Located, StageError};
 pub use plan::{Plan, PlannedStage};
-pub use registry::{InputArity, ParamIssue, Registry, Stage};
+pub use registry::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage};
 pub use runner::{RunOptions, RunReport, Runner, StageOutcome};
 pub use spec::PipelineSpec;

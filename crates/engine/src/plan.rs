@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_yaml::{Mapping, Value};
 
 use crate::error::EngineError;
-use crate::registry::{InputArity, Registry};
+use crate::registry::{CodeFingerprints, InputArity, Registry};
 use crate::spec::PipelineSpec;
 
 /// The profile that applies no overrides.
@@ -21,6 +21,8 @@ pub struct PlannedStage {
     pub decl: String,
     pub kind: String,
     pub kind_version: String,
+    /// Fingerprints of the code the kind's results depend on.
+    pub code: CodeFingerprints,
     /// Canonical parameters (defaults filled in, keys sorted).
     pub params: serde_json::Value,
     pub seed: u64,
@@ -197,7 +199,7 @@ impl Plan {
                     .iter()
                     .map(|(n, ix)| (n.clone(), ix.iter().map(|&i| stages[i].key.clone()).collect()))
                     .collect();
-                let key = stage_key(&decl.kind, kind.version(), &canonical, seed, &input_keys);
+                let key = stage_key(&decl.kind, kind.version(), kind.code(), &canonical, seed, &input_keys);
                 // Two instances with the same parameters (a value listed twice, or
                 // `1` and `1.0` for a float) would be stacked twice downstream.
                 if let Some((other, other_point)) = seen.get(&key) {
@@ -227,6 +229,7 @@ impl Plan {
                     decl: name.to_string(),
                     kind: decl.kind.clone(),
                     kind_version: kind.version().to_string(),
+                    code: kind.code().clone(),
                     params: canonical,
                     seed,
                     sweep: sweep_json,
@@ -321,10 +324,11 @@ fn find_cycle<'a>(spec: &'a PipelineSpec, blocked: &BTreeSet<&'a str>) -> Vec<&'
     }
 }
 
-/// blake3 of (kind, kind version, canonical params, seed, upstream keys).
+/// blake3 of (kind, kind version, code fingerprints, canonical params, seed, upstream keys).
 pub fn stage_key(
     kind: &str,
     version: &str,
+    code: &CodeFingerprints,
     params: &serde_json::Value,
     seed: u64,
     inputs: &BTreeMap<String, Vec<String>>,
@@ -332,12 +336,13 @@ pub fn stage_key(
     let material = serde_json::json!({
         "kind": kind,
         "version": version,
+        "code": code,
         "params": params,
         "seed": seed,
         "inputs": inputs,
     });
     let mut h = blake3::Hasher::new();
-    h.update(b"e2h-stage-key-v1\n");
+    h.update(b"e2h-stage-key-v2\n");
     h.update(serde_json::to_string(&crate::registry::sort_keys(material)).expect("json").as_bytes());
     h.finalize().to_hex().to_string()
 }

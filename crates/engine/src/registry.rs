@@ -23,6 +23,25 @@ impl ParamIssue {
     }
 }
 
+/// Fingerprints of the source code a stage kind's results depend on: a unit
+/// (a crate, a module) by name -> a hash of its sources. Part of every key, so a
+/// cached result is reused only if the code that made it is the code that runs
+/// now. How units are chosen and hashed is the registering crate's business.
+pub type CodeFingerprints = BTreeMap<String, String>;
+
+/// The units whose fingerprints differ between `old` and `new` (added and
+/// removed units included), sorted.
+pub fn changed_units(old: &CodeFingerprints, new: &CodeFingerprints) -> Vec<String> {
+    let mut units: Vec<String> = old
+        .iter()
+        .filter(|(unit, fp)| new.get(*unit) != Some(fp))
+        .map(|(unit, _)| unit.clone())
+        .chain(new.keys().filter(|unit| !old.contains_key(*unit)).cloned())
+        .collect();
+    units.sort();
+    units
+}
+
 /// Which upstream inputs a kind accepts.
 #[derive(Debug, Clone, Copy)]
 pub enum InputArity {
@@ -42,9 +61,16 @@ pub trait Stage: Send + Sync + 'static {
     type Params: DeserializeOwned + Serialize;
     /// The name used in YAML, e.g. `mcm.psgd`.
     const KIND: &'static str;
-    /// Part of every cache key: bump it when the stage's output changes meaning.
+    /// Part of every cache key. A semantic marker: bump it when the stage's
+    /// output changes meaning (any edit of the code already changes [`Stage::code`]).
     const VERSION: &'static str;
     const INPUTS: InputArity = InputArity::None;
+
+    /// The code this kind's results depend on (see [`CodeFingerprints`]); called
+    /// once, at registration. Empty: only `VERSION` marks code changes.
+    fn code(&self) -> CodeFingerprints {
+        CodeFingerprints::new()
+    }
 
     /// Checks beyond types: ranges and consistency.
     fn validate(_params: &Self::Params) -> Result<(), ParamIssue> {
@@ -57,16 +83,23 @@ pub trait Stage: Send + Sync + 'static {
 /// Object-safe face of [`Stage`].
 pub(crate) trait DynStage: Send + Sync {
     fn version(&self) -> &'static str;
+    fn code(&self) -> &CodeFingerprints;
     fn inputs(&self) -> InputArity;
     fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue>;
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 
-struct Typed<S: Stage>(S);
+struct Typed<S: Stage> {
+    stage: S,
+    code: CodeFingerprints,
+}
 
 impl<S: Stage> DynStage for Typed<S> {
     fn version(&self) -> &'static str {
         S::VERSION
+    }
+    fn code(&self) -> &CodeFingerprints {
+        &self.code
     }
     fn inputs(&self) -> InputArity {
         S::INPUTS
@@ -97,7 +130,7 @@ impl<S: Stage> DynStage for Typed<S> {
     }
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError> {
         let typed: S::Params = serde_json::from_value(params.clone())?;
-        self.0.run(typed, ctx)
+        self.stage.run(typed, ctx)
     }
 }
 
@@ -160,7 +193,8 @@ impl Registry {
     }
 
     pub fn register<S: Stage>(&mut self, stage: S) -> &mut Self {
-        let previous = self.kinds.insert(S::KIND, Arc::new(Typed(stage)));
+        let code = stage.code();
+        let previous = self.kinds.insert(S::KIND, Arc::new(Typed { stage, code }));
         assert!(previous.is_none(), "stage kind `{}` registered twice", S::KIND);
         self
     }
@@ -173,6 +207,11 @@ impl Registry {
 
     pub fn kind_names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
+    }
+
+    /// The code fingerprints of a registered kind.
+    pub fn code_of(&self, kind: &str) -> Option<&CodeFingerprints> {
+        self.kinds.get(kind).map(|k| k.code())
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn DynStage>> {

@@ -10,7 +10,7 @@ use crate::cache::{Cache, EntryMeta, EntryStatus, IndexRecord};
 use crate::context::{StageContext, UpstreamEntry};
 use crate::error::EngineError;
 use crate::plan::{Plan, PlannedStage};
-use crate::registry::Registry;
+use crate::registry::{changed_units, Registry};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -27,6 +27,9 @@ pub struct RunOptions {
     /// do not overwrite the default ones.
     pub publish_suffix: String,
     pub show_progress: bool,
+    /// Recompute entries a user adopted from other code, and what depends on
+    /// them (`cargo xtask check` vouches only for results of the current code).
+    pub recompute_adopted: bool,
 }
 
 /// Why a stage runs (or not).
@@ -44,6 +47,10 @@ pub enum RunReason {
     ParamsChanged(Vec<String>),
     SeedChanged { from: u64, to: u64 },
     KindVersionChanged { from: String, to: String },
+    /// The sources of these code units changed since the last run.
+    CodeChanged(Vec<String>),
+    /// The entry was adopted (made by other code: these units) and is not trusted here.
+    Adopted(Vec<String>),
     UpstreamChanged(Vec<String>),
     /// Same key as last time, but the entry is gone (e.g. garbage-collected).
     EntryRemoved,
@@ -58,6 +65,9 @@ impl fmt::Display for RunReason {
             RunReason::ParamsChanged(p) => write!(f, "params changed: {}", p.join(", ")),
             RunReason::SeedChanged { from, to } => write!(f, "seed changed: {from} -> {to}"),
             RunReason::KindVersionChanged { from, to } => write!(f, "stage code version changed: {from} -> {to}"),
+            RunReason::CodeChanged(units) => write!(f, "code changed ({})", units.join(", ")),
+            RunReason::Adopted(units) if units.is_empty() => f.write_str("adopted entry, not trusted here"),
+            RunReason::Adopted(units) => write!(f, "adopted entry made by other code ({})", units.join(", ")),
             RunReason::UpstreamChanged(i) => write!(f, "upstream changed: {}", i.join(", ")),
             RunReason::EntryRemoved => f.write_str("missing (entry removed from the cache)"),
             RunReason::Corrupt(r) => write!(f, "corrupt entry: {r}"),
@@ -72,6 +82,9 @@ pub struct StageReport {
     pub key: String,
     pub outcome: StageOutcome,
     pub seconds: f64,
+    /// A cached entry that a user adopted, reused as is: the code units whose
+    /// current sources differ from those that made it.
+    pub adopted: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,13 +113,40 @@ impl<'a> Runner<'a> {
     pub fn run(&self, plan: &Plan) -> Result<RunReport, EngineError> {
         let mut report = RunReport::default();
         let mut metas: Vec<Option<EntryMeta>> = vec![None; plan.stages.len()];
+        // Stages whose entry is recomputed because it, or an upstream entry, was
+        // adopted (only with `recompute_adopted`): their keys do not change, so
+        // their downstream must be recomputed explicitly.
+        let mut untrusted = vec![false; plan.stages.len()];
         let git_commit = git_commit();
         for (i, stage) in plan.stages.iter().enumerate() {
             let forced = self.options.force_all || self.options.force.iter().any(|f| f == &stage.decl);
             let status = self.cache.status(&stage.key);
+            let untrusted_inputs: Vec<String> = stage
+                .inputs
+                .iter()
+                .filter(|(_, idx)| idx.iter().any(|&j| untrusted[j]))
+                .map(|(name, _)| name.clone())
+                .collect();
+            let mut adopted_reused = None;
             let reason = match (&status, forced) {
                 (_, true) => Some(RunReason::Forced),
-                (EntryStatus::Valid(_), false) => None,
+                (EntryStatus::Valid(meta), false) => {
+                    let other_code = changed_units(&meta.code, &stage.code);
+                    let adopted = !meta.adopted.is_empty();
+                    if adopted && self.options.recompute_adopted {
+                        untrusted[i] = true;
+                        Some(RunReason::Adopted(other_code))
+                    } else if !adopted && !other_code.is_empty() {
+                        // Metadata that contradicts its key: never reuse it silently.
+                        Some(RunReason::CodeChanged(other_code))
+                    } else if !untrusted_inputs.is_empty() {
+                        untrusted[i] = true;
+                        Some(RunReason::UpstreamChanged(untrusted_inputs))
+                    } else {
+                        adopted_reused = adopted.then_some(other_code);
+                        None
+                    }
+                }
                 (EntryStatus::Corrupt(r), false) => Some(RunReason::Corrupt(r.clone())),
                 (EntryStatus::Missing, false) => Some(self.explain_missing(plan, stage)),
             };
@@ -119,6 +159,7 @@ impl<'a> Runner<'a> {
                     key: stage.key.clone(),
                     outcome: StageOutcome::Cached,
                     seconds: 0.0,
+                    adopted: adopted_reused,
                 });
                 continue;
             };
@@ -128,6 +169,7 @@ impl<'a> Runner<'a> {
                     key: stage.key.clone(),
                     outcome: StageOutcome::Run(reason),
                     seconds: 0.0,
+                    adopted: None,
                 });
                 continue;
             }
@@ -135,13 +177,16 @@ impl<'a> Runner<'a> {
                 tracing::warn!("cache entry {} of stage `{}` is corrupt ({r}); recomputing", stage.key, stage.name);
             }
             let started = Instant::now();
-            let meta = self.compute(plan, stage, &metas, forced, git_commit.clone())?;
+            // A forced or untrusted entry is replaced even if it verifies.
+            let replace = forced || untrusted[i];
+            let meta = self.compute(plan, stage, &metas, replace, git_commit.clone())?;
             metas[i] = Some(meta);
             report.stages.push(StageReport {
                 name: stage.name.clone(),
                 key: stage.key.clone(),
                 outcome: StageOutcome::Run(reason),
                 seconds: started.elapsed().as_secs_f64(),
+                adopted: None,
             });
         }
         if !self.options.dry_run
@@ -165,6 +210,10 @@ impl<'a> Runner<'a> {
         }
         if prev.kind_version != stage.kind_version {
             return RunReason::KindVersionChanged { from: prev.kind_version, to: stage.kind_version.clone() };
+        }
+        let code = changed_units(&prev.code, &stage.code);
+        if !code.is_empty() {
+            return RunReason::CodeChanged(code);
         }
         let changed = diff_params(&prev.params, &stage.params);
         if !changed.is_empty() {
@@ -190,7 +239,7 @@ impl<'a> Runner<'a> {
         plan: &Plan,
         stage: &PlannedStage,
         metas: &[Option<EntryMeta>],
-        forced: bool,
+        replace: bool,
         git_commit: Option<String>,
     ) -> Result<EntryMeta, EngineError> {
         // Cache errors of this stage name it and its entry: with a full disk, the
@@ -201,12 +250,16 @@ impl<'a> Runner<'a> {
             source: Box::new(source),
         };
         let _lock = self.cache.lock(&stage.key).map_err(&entry_write)?;
-        // Another process may have computed the key while we waited for the lock.
-        if !forced
-            && let EntryStatus::Valid(meta) = self.cache.status(&stage.key) {
-                tracing::info!("{}: computed meanwhile by another run", stage.name);
-                return Ok(*meta);
-            }
+        // Another process may have computed the key while we waited for the lock
+        // (an entry we were asked to replace does not count).
+        if !replace
+            && let EntryStatus::Valid(meta) = self.cache.status(&stage.key)
+            && meta.adopted.is_empty()
+            && meta.code == stage.code
+        {
+            tracing::info!("{}: computed meanwhile by another run", stage.name);
+            return Ok(*meta);
+        }
         self.cache.discard(&stage.key).map_err(&entry_write)?;
         let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
         let pending = self.cache.begin(&stage.key).map_err(&entry_write)?;
@@ -254,9 +307,11 @@ impl<'a> Runner<'a> {
             stage: stage.name.clone(),
             kind: stage.kind.clone(),
             kind_version: stage.kind_version.clone(),
+            code: stage.code.clone(),
             params: stage.params.clone(),
             seed: stage.seed,
             inputs: plan.input_keys(stage),
+            adopted: Vec::new(),
             crate_versions: self.registry.versions().clone(),
             git_commit,
             started: crate::time::iso8601(started_at),
@@ -279,6 +334,7 @@ impl<'a> Runner<'a> {
                 key: stage.key.clone(),
                 kind: stage.kind.clone(),
                 kind_version: stage.kind_version.clone(),
+                code: stage.code.clone(),
                 params: stage.params.clone(),
                 seed: stage.seed,
                 inputs: plan.input_keys(stage),

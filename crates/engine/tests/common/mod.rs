@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use e2h_engine::plan::Plan;
 use e2h_engine::runner::RunOptions;
 use e2h_engine::{
-    Cache, EngineError, InputArity, ParamIssue, PipelineSpec, Registry, RunReport, Runner, Stage, StageContext,
-    StageError,
+    Cache, CodeFingerprints, EngineError, InputArity, ParamIssue, PipelineSpec, Registry, RunReport, Runner, Stage,
+    StageContext, StageError,
 };
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -280,6 +280,43 @@ pub fn toy_registry_v2(log: &Path) -> Registry {
     let mut r = Registry::new();
     r.register(NumbersV2 { log: log.to_path_buf() })
         .register(Sum { log: log.to_path_buf() })
+        .register(Slow { log: log.to_path_buf(), time_scale: 1.0 })
+        .register(Fail { log: log.to_path_buf() })
+        .register(Collect { log: log.to_path_buf() });
+    r
+}
+
+/// A toy kind that declares the code it depends on: `units` as (name, fingerprint).
+pub struct WithCode<S> {
+    pub inner: S,
+    pub units: Vec<(&'static str, String)>,
+}
+
+impl<S: Stage> Stage for WithCode<S> {
+    type Params = S::Params;
+    const KIND: &'static str = S::KIND;
+    const VERSION: &'static str = S::VERSION;
+    const INPUTS: InputArity = S::INPUTS;
+
+    fn code(&self) -> CodeFingerprints {
+        self.units.iter().map(|(unit, fp)| (unit.to_string(), fp.clone())).collect()
+    }
+
+    fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
+        S::validate(p)
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        self.inner.run(p, ctx)
+    }
+}
+
+/// The toy registry where `toy.numbers` depends on the code unit `toy-science`
+/// and `toy.sum` on `toy-plot`, at the given fingerprints.
+pub fn toy_registry_with_code(log: &Path, science: &str, plot: &str) -> Registry {
+    let mut r = Registry::new();
+    r.register(WithCode { inner: Numbers { log: log.to_path_buf() }, units: vec![("toy-science", science.into())] })
+        .register(WithCode { inner: Sum { log: log.to_path_buf() }, units: vec![("toy-plot", plot.into())] })
         .register(Slow { log: log.to_path_buf(), time_scale: 1.0 })
         .register(Fail { log: log.to_path_buf() })
         .register(Collect { log: log.to_path_buf() });
