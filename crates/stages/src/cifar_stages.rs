@@ -8,7 +8,7 @@ use e2h_cifar::ddpm::DdpmSchedule;
 use e2h_cifar::loader::{load_split, Split};
 use e2h_cifar::stats::{mean_and_covariance, GaussianModel};
 use e2h_cifar::DIM;
-use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameBuilder;
@@ -39,6 +39,10 @@ impl Stage for GaussianModelStage {
     type Params = GaussianModelParams;
     const KIND: &'static str = "cifar.gaussian_model";
     const VERSION: &'static str = "1";
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         if p.train_limit.is_some_and(|n| n < 2) {
@@ -134,6 +138,10 @@ impl Stage for WienerBaseline {
     const KIND: &'static str = "cifar.wiener_baseline";
     const VERSION: &'static str = "1";
     const INPUTS: InputArity = InputArity::Exactly(&["model"]);
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         if let Some((i, t)) = p.ts.iter().enumerate().find(|(_, t)| **t == 0 || **t > 1000) {

@@ -5,6 +5,7 @@
 //! diffusion. This crate is the only place where the two meet.
 
 pub mod cifar_stages;
+pub mod code;
 mod frame;
 mod mcm_common;
 pub mod mcm_population;

@@ -1,7 +1,7 @@
 //! Figure 4 stage: the population loss by quadrature, its expansion
 //! coefficients against t, the landscape, and the information exponents.
 
-use e2h_engine::{ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
 use e2h_mcm::{Activation, Coupling, McmParams, NoiseLevel, NuLaw};
 use rayon::prelude::*;
@@ -67,6 +67,10 @@ impl Stage for Population {
     type Params = PopulationParams;
     const KIND: &'static str = "mcm.population";
     const VERSION: &'static str = "1";
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         positive("t", p.t)?;

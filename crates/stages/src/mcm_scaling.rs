@@ -1,6 +1,6 @@
 //! Figure 3 stages: weak-recovery times of online pSGD and their scaling with d.
 
-use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::theory::{random_start, OverlapDynamics};
@@ -72,6 +72,10 @@ impl Stage for Recovery {
     type Params = RecoveryParams;
     const KIND: &'static str = "mcm.recovery";
     const VERSION: &'static str = "1";
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         p.validate_fields()?;
@@ -177,6 +181,10 @@ impl Stage for ScalingFit {
     const KIND: &'static str = "mcm.scaling_fit";
     const VERSION: &'static str = "1";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         if p.bootstrap < 10 {

@@ -1,6 +1,6 @@
 //! Stage kinds of the mixed cumulant model: simulations, fits and theory.
 
-use e2h_engine::{ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::population::PopulationLoss;
 use e2h_mcm::theory::{random_start, OverlapDynamics};
@@ -60,6 +60,10 @@ impl Stage for Trajectories {
     type Params = TrajectoriesParams;
     const KIND: &'static str = "mcm.trajectories";
     const VERSION: &'static str = "2";
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         p.validate_fields()?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use e2h_engine::table::{column_f64, column_string, filter_eq};
-use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_plot::{Figure, Heatmap, LegendPos, Marker, Panel, RefLine, Scale, Series, Style, StyleKind};
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
@@ -187,6 +187,10 @@ impl Stage for PlotFigure {
     // 4: `x_tick_labels`.
     const VERSION: &'static str = "4";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         if p.panels.is_empty() {

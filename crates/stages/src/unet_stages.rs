@@ -10,7 +10,7 @@ use e2h_cifar::loader::{load_split, Split};
 use e2h_cifar::stats::GaussianModel;
 use e2h_cifar::wiener::{self, LossEstimate};
 use e2h_engine::table::{column_f64, column_string};
-use e2h_engine::{InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_unet::train::{eval_noise, images_to_tensor, log_spaced_steps, train, EvalConfig, EvalSet, TrainRun};
 use e2h_unet::{AdamConfig, DdpmConfig, DdpmSchedule, EvalWeights, TrainConfig, UNetConfig};
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,10 @@ impl Stage for UnetTrain {
     // 2: evaluation noise and surrogate seeds derived with the U-Net crate's derive_seed.
     const VERSION: &'static str = "2";
     const INPUTS: InputArity = InputArity::Exactly(&["model"]);
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         let device = p.device.trim();
@@ -443,6 +447,10 @@ impl Stage for UnetCrossings {
     const KIND: &'static str = "unet.crossings";
     const VERSION: &'static str = "1";
     const INPUTS: InputArity = InputArity::Exactly(&["train"]);
+
+    fn code(&self) -> CodeFingerprints {
+        crate::code::of_module(module_path!())
+    }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         if !(p.z.is_finite() && p.z >= 0.0) {
