@@ -1,14 +1,19 @@
-//! `cargo xtask cache ls|verify|gc`.
+//! `cargo xtask cache ls|verify|gc|adopt`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
+use e2h_engine::adopt::{adopt, AdoptOutcome};
+use e2h_engine::cache::EntryMeta;
+use e2h_engine::registry::changed_units;
 use e2h_engine::EntryStatus;
 
 use crate::pipeline::Context;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CacheAction {
-    /// List entries: key, stage, kind, size, when computed.
+    /// List entries: key, pipeline, stage, size, when computed, and whether
+    /// other code than this build's made it.
     Ls,
     /// Verify every entry's content hashes; report (and with --fix remove) corrupt ones.
     Verify {
@@ -20,6 +25,26 @@ pub enum CacheAction {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Vouch for entries made by other code: re-key them under the current code
+    /// instead of recomputing them (recorded in their meta.json; `check` still
+    /// recomputes them).
+    Adopt {
+        /// Declared stages or stage instances, e.g. `train` or `sim[d=64]`.
+        #[arg(required = true)]
+        stages: Vec<String>,
+        /// The figure whose pipeline declares the stages.
+        #[arg(long, required_unless_present = "pipeline", conflicts_with = "pipeline")]
+        figure: Option<u32>,
+        /// The pipeline file that declares the stages.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Profile (default: the file's default_profile).
+        #[arg(long, short)]
+        profile: Option<String>,
+        /// Who vouches, recorded in the entry (default: git's user.name, else $USER).
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -34,12 +59,13 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                         let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
                         total += bytes;
                         println!(
-                            "{}  {:<28} {:<40} {:>10}  {}",
+                            "{}  {:<28} {:<40} {:>10}  {}{}",
                             &key[..12],
                             m.pipeline,
                             m.stage,
                             human_bytes(bytes),
-                            m.finished
+                            m.finished,
+                            provenance(ctx, &m)
                         );
                     }
                     EntryStatus::Corrupt(r) => println!("{}  CORRUPT: {r}", &key[..12]),
@@ -80,8 +106,87 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                 println!("removed {} entries, kept {}", removed.len(), keep.len());
             }
         }
+        CacheAction::Adopt { stages, figure, pipeline, profile, by } => {
+            let path = match (figure, pipeline) {
+                (Some(n), _) => crate::figure::pipeline_of(ctx, n)?,
+                (None, Some(p)) => p,
+                (None, None) => anyhow::bail!("name the pipeline with --figure N or --pipeline FILE"),
+            };
+            let (_, plan) = ctx.plan(&path, profile.as_deref())?;
+            for name in &stages {
+                anyhow::ensure!(
+                    plan.stages.iter().any(|s| &s.decl == name || &s.name == name),
+                    "no stage `{name}` in {} (profile {})",
+                    path.display(),
+                    plan.profile
+                );
+            }
+            let by = by.unwrap_or_else(|| who(ctx));
+            // In plan order: upstream stages are adopted before what they feed.
+            for (i, stage) in plan.stages.iter().enumerate() {
+                if !stages.iter().any(|n| n == &stage.decl || n == &stage.name) {
+                    continue;
+                }
+                match adopt(&cache, &plan, i, &by)? {
+                    AdoptOutcome::Adopted { from_key, changed, record } => {
+                        let why = if changed.is_empty() {
+                            "upstream adopted".to_string()
+                        } else {
+                            format!("code changed ({})", changed.join(", "))
+                        };
+                        println!(
+                            "adopted  {:<40} {} -> {}  ({why}; by {} at {}, recorded in its meta.json)",
+                            stage.name,
+                            &from_key[..12],
+                            &stage.key[..12],
+                            record.by,
+                            record.at
+                        );
+                    }
+                    AdoptOutcome::AlreadyCurrent { adopted } => {
+                        let what = if adopted { "adopted earlier" } else { "made by the current code" };
+                        println!("current  {:<40} {}  ({what}; nothing to adopt)", stage.name, &stage.key[..12]);
+                    }
+                }
+            }
+            println!("adopted entries are reused by `figure` and `run`, flagged by `cache ls`, and recomputed by `check`");
+        }
     }
     Ok(())
+}
+
+/// ` adopted; made by other code (e2h-mcm)` and the like, for `ls`; empty for
+/// an entry made by the code of this build.
+fn provenance(ctx: &Context, meta: &EntryMeta) -> String {
+    let mut notes = Vec::new();
+    if !meta.adopted.is_empty() {
+        notes.push("adopted".to_string());
+    }
+    match ctx.registry.code_of(&meta.kind) {
+        None => notes.push(format!("kind `{}` unknown to this build", meta.kind)),
+        Some(code) => {
+            let changed = changed_units(&meta.code, code);
+            if !changed.is_empty() {
+                notes.push(format!("made by other code ({})", changed.join(", ")));
+            }
+        }
+    }
+    if notes.is_empty() { String::new() } else { format!("  {}", notes.join("; ")) }
+}
+
+/// Who vouches for an adoption: git's user.name in the project, else $USER.
+fn who(ctx: &Context) -> String {
+    let git = std::process::Command::new("git")
+        .args(["config", "user.name"])
+        .current_dir(&ctx.root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|name| !name.is_empty());
+    git.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .or_else(|| std::env::var("USERNAME").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Keys of every stage of every profile of every pipeline under pipelines/.

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use e2h_engine::regress::{compare, max_abs_diff};
-use e2h_engine::{EntryStatus, Plan, RunOptions, Runner};
+use e2h_engine::runner::RunReason;
+use e2h_engine::{EntryStatus, Plan, RunOptions, Runner, StageOutcome};
 
 use crate::pipeline::Context;
 
@@ -38,8 +39,20 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<()> {
     for path in pipelines {
         let (spec, plan) = ctx.plan(&path, Some(&args.profile))?;
         println!("== {} (profile {})", plan.pipeline, plan.profile);
-        let runner = Runner::new(&ctx.registry, &cache, RunOptions { show_progress: true, ..RunOptions::default() });
-        runner.run(&plan).with_context(|| format!("running {}", path.display()))?;
+        // Only results of the code that runs now are checked: entries of other
+        // code have other keys, and adopted ones are recomputed.
+        let options = RunOptions { show_progress: true, recompute_adopted: true, ..RunOptions::default() };
+        let report = Runner::new(&ctx.registry, &cache, options)
+            .run(&plan)
+            .with_context(|| format!("running {}", path.display()))?;
+        // Why a stage ran, except on a cold cache, where everything runs.
+        for stage in &report.stages {
+            if let StageOutcome::Run(reason) = &stage.outcome
+                && !matches!(reason, RunReason::Missing)
+            {
+                println!("ran  {} ({reason})", stage.name);
+            }
+        }
         for check in spec.file.checks.iter().filter(|c| c.applies_to(&plan.profile)) {
             let result = check.evaluate(&plan, &cache);
             total += 1;

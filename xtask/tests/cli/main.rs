@@ -3,6 +3,7 @@
 
 mod cache;
 mod check;
+mod code;
 mod full_disk;
 mod root;
 mod util;
