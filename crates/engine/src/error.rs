@@ -45,6 +45,9 @@ pub enum EngineError {
     Table { path: PathBuf, table: String, source: polars::error::PolarsError },
     #[error("cannot write table `{table}` to {path}: {source}")]
     WriteTable { path: PathBuf, table: String, source: polars::error::PolarsError },
+    /// A single instance was asked for before its upstream was computed.
+    #[error("stage `{stage}` cannot run: its upstream `{upstream}` is not ready: {reason}")]
+    UpstreamNotReady { stage: String, upstream: String, reason: String },
     #[error("stage `{stage}` has no input named `{input}`")]
     NoSuchInput { stage: String, input: String },
     #[error("input `{input}` of stage `{stage}` has no table `{table}`")]

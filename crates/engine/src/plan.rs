@@ -7,6 +7,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::error::EngineError;
 use crate::registry::{CodeFingerprints, InputArity, Registry};
+use crate::resources::Resources;
 use crate::spec::PipelineSpec;
 
 /// The profile that applies no overrides.
@@ -31,6 +32,9 @@ pub struct PlannedStage {
     pub inputs: BTreeMap<String, Vec<usize>>,
     pub key: String,
     pub publish: Option<String>,
+    /// What a job computing this instance asks of a batch scheduler: the
+    /// kind's defaults, then the stage's `resources`, then the profile's.
+    pub resources: Resources,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +121,21 @@ impl Plan {
             }
         }
 
+        // Resources are checked in every profile, not only the one planned: a
+        // typo in `paper` should not wait for the cluster run to show up.
+        for (name, decl) in &file.stages {
+            if let Err((field, message)) = decl.resources.validate() {
+                return Err(spec.error_at(&["stages", name, "resources", field], message));
+            }
+        }
+        for (profile_name, p) in &file.profiles {
+            for (name, ov) in &p.stages {
+                if let Err((field, message)) = ov.resources.validate() {
+                    return Err(spec.error_at(&["profiles", profile_name, "stages", name, "resources", field], message));
+                }
+            }
+        }
+
         let order = topological_order(spec)?;
 
         let mut stages: Vec<PlannedStage> = Vec::new();
@@ -159,6 +178,10 @@ impl Plan {
                 Some(p) => p,
                 None => decl.publish.clone(),
             };
+            let declared_resources = match ov {
+                Some(ov) => decl.resources.overlay(&ov.resources),
+                None => decl.resources.clone(),
+            };
 
             let mut idx = Vec::new();
             // Cache key -> (instance name, sweep point) of this stage's instances.
@@ -200,6 +223,7 @@ impl Plan {
                     .map(|(n, ix)| (n.clone(), ix.iter().map(|&i| stages[i].key.clone()).collect()))
                     .collect();
                 let key = stage_key(&decl.kind, kind.version(), kind.code(), &canonical, seed, &input_keys);
+                let resources = kind.resources(&canonical).overlay(&declared_resources);
                 // Two instances with the same parameters (a value listed twice, or
                 // `1` and `1.0` for a float) would be stacked twice downstream.
                 if let Some((other, other_point)) = seen.get(&key) {
@@ -236,6 +260,7 @@ impl Plan {
                     inputs,
                     key,
                     publish: publish.clone(),
+                    resources,
                 });
             }
             instances.insert(name, idx);

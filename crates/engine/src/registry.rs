@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::context::StageContext;
 use crate::error::StageError;
+use crate::resources::Resources;
 
 /// A parameter that does not pass a kind's own checks (range, consistency).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,12 @@ pub trait Stage: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What a job computing one instance asks of a batch scheduler unless the
+    /// pipeline says otherwise (e.g. a GPU for a training on `cuda`).
+    fn resources(_params: &Self::Params) -> Resources {
+        Resources::default()
+    }
+
     fn run(&self, params: Self::Params, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 
@@ -86,6 +93,7 @@ pub(crate) trait DynStage: Send + Sync {
     fn code(&self) -> &CodeFingerprints;
     fn inputs(&self) -> InputArity;
     fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue>;
+    fn resources(&self, params: &serde_json::Value) -> Resources;
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 
@@ -127,6 +135,10 @@ impl<S: Stage> DynStage for Typed<S> {
         let json = serde_json::to_value(&typed)
             .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
         Ok(sort_keys(json))
+    }
+    fn resources(&self, params: &serde_json::Value) -> Resources {
+        // Canonical params always deserialize (they were serialized from this type).
+        serde_json::from_value::<S::Params>(params.clone()).map(|p| S::resources(&p)).unwrap_or_default()
     }
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError> {
         let typed: S::Params = serde_json::from_value(params.clone())?;

@@ -179,7 +179,7 @@ impl<'a> Runner<'a> {
             let started = Instant::now();
             // A forced or untrusted entry is replaced even if it verifies.
             let replace = forced || untrusted[i];
-            let meta = self.compute(plan, stage, &metas, replace, git_commit.clone())?;
+            let (meta, _fresh) = self.compute(plan, stage, &metas, replace, git_commit.clone())?;
             metas[i] = Some(meta);
             report.stages.push(StageReport {
                 name: stage.name.clone(),
@@ -199,6 +199,67 @@ impl<'a> Runner<'a> {
                 }
             }
         Ok(report)
+    }
+
+    /// Computes the one instance `index` of `plan`, as a job of a batch
+    /// executor does: its upstream entries must already be valid in the cache
+    /// (other jobs computed them). The key lock and the atomic commit make a
+    /// second job for the same key, or a local run beside it, reuse the entry
+    /// instead of computing it again; the report says `Cached` then.
+    pub fn run_instance(&self, plan: &Plan, index: usize) -> Result<StageReport, EngineError> {
+        let stage = &plan.stages[index];
+        let mut metas: Vec<Option<EntryMeta>> = vec![None; plan.stages.len()];
+        for &j in stage.inputs.values().flatten() {
+            let up = &plan.stages[j];
+            let reason = match self.cache.status(&up.key) {
+                EntryStatus::Valid(meta) => {
+                    metas[j] = Some(*meta);
+                    continue;
+                }
+                EntryStatus::Missing => "it has no cache entry".to_string(),
+                EntryStatus::Corrupt(r) => format!("its cache entry is corrupt ({r})"),
+            };
+            return Err(EngineError::UpstreamNotReady { stage: stage.name.clone(), upstream: up.name.clone(), reason });
+        }
+        let forced = self.options.force_all || self.options.force.iter().any(|f| f == &stage.decl);
+        let mut replace = forced;
+        let reason = match self.cache.status(&stage.key) {
+            _ if forced => RunReason::Forced,
+            // The same rules as a full run's: an entry of other code is replaced.
+            EntryStatus::Valid(meta) => {
+                let other_code = changed_units(&meta.code, &stage.code);
+                let adopted = !meta.adopted.is_empty();
+                if adopted && self.options.recompute_adopted {
+                    replace = true;
+                    RunReason::Adopted(other_code)
+                } else if !adopted && !other_code.is_empty() {
+                    replace = true;
+                    RunReason::CodeChanged(other_code)
+                } else {
+                    return Ok(StageReport {
+                        name: stage.name.clone(),
+                        key: stage.key.clone(),
+                        outcome: StageOutcome::Cached,
+                        seconds: 0.0,
+                        adopted: adopted.then_some(other_code),
+                    });
+                }
+            }
+            EntryStatus::Corrupt(r) => {
+                tracing::warn!("cache entry {} of stage `{}` is corrupt ({r}); recomputing", stage.key, stage.name);
+                RunReason::Corrupt(r)
+            }
+            EntryStatus::Missing => self.explain_missing(plan, stage),
+        };
+        let started = Instant::now();
+        let (_meta, fresh) = self.compute(plan, stage, &metas, replace, git_commit())?;
+        Ok(StageReport {
+            name: stage.name.clone(),
+            key: stage.key.clone(),
+            outcome: if fresh { StageOutcome::Run(reason) } else { StageOutcome::Cached },
+            seconds: started.elapsed().as_secs_f64(),
+            adopted: None,
+        })
     }
 
     fn explain_missing(&self, plan: &Plan, stage: &PlannedStage) -> RunReason {
@@ -241,7 +302,7 @@ impl<'a> Runner<'a> {
         metas: &[Option<EntryMeta>],
         replace: bool,
         git_commit: Option<String>,
-    ) -> Result<EntryMeta, EngineError> {
+    ) -> Result<(EntryMeta, bool), EngineError> {
         // Cache errors of this stage name it and its entry: with a full disk, the
         // file path alone does not tell which stage's result was lost.
         let entry_write = |source: EngineError| EngineError::EntryWrite {
@@ -258,7 +319,7 @@ impl<'a> Runner<'a> {
             && meta.code == stage.code
         {
             tracing::info!("{}: computed meanwhile by another run", stage.name);
-            return Ok(*meta);
+            return Ok((*meta, false));
         }
         self.cache.discard(&stage.key).map_err(&entry_write)?;
         let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
@@ -342,7 +403,7 @@ impl<'a> Runner<'a> {
         )
         .map_err(&entry_write)?;
         tracing::info!("{}: done in {:.1} s", stage.name, meta.wall_seconds);
-        Ok(meta)
+        Ok((meta, true))
     }
 }
 

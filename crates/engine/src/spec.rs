@@ -8,6 +8,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::check::CheckSpec;
 use crate::error::EngineError;
+use crate::resources::Resources;
 
 /// A pipeline file as written: stages, profiles and checks.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,10 @@ pub struct StageDecl {
     /// relative to the project root, e.g. `figures/fig2`.
     #[serde(default)]
     pub publish: Option<String>,
+    /// What a job computing one instance asks of a batch scheduler (over the
+    /// kind's defaults); not part of the cache key.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// A named set of overrides, e.g. `ci` or `paper`.
@@ -78,6 +83,9 @@ pub struct StageOverride {
     /// Publish elsewhere (or nowhere, with `null`) under this profile.
     #[serde(default, deserialize_with = "some_option")]
     pub publish: Option<Option<String>>,
+    /// Replaces the fields it sets of the stage's `resources`.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// The key named by serde_yaml's `duplicate entry with key "k"` message.

@@ -1036,3 +1036,61 @@ fn the_real_pipeline_file_parses() {
 fn manifest_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }
+
+#[test]
+fn resources_resolve_stage_then_profile_and_never_change_keys() {
+    let sb = Sandbox::new();
+    let with = BASIC.replace("    params: {n: 2}\n", "    params: {n: 2}\n    resources: {cpus: 2, mem: 4G, partition: short}\n")
+        + "profiles:\n  big:\n    stages: {other: {resources: {cpus: 8, time: '1-00:00:00'}}}\n";
+    let plain = sb.plan(BASIC, None);
+    let small = sb.plan(&with, None);
+    let big = sb.plan(&with, Some("big"));
+    for s in &plain.stages {
+        assert_eq!(s.key, key(&small, &s.name), "resources changed the key of `{}`", s.name);
+        assert_eq!(s.key, key(&big, &s.name), "a profile's resources changed the key of `{}`", s.name);
+    }
+    let of = |plan: &Plan, name: &str| plan.stages.iter().find(|s| s.name == name).unwrap().resources.clone();
+    assert!(of(&plain, "other").is_empty());
+    assert_eq!(
+        of(&small, "other"),
+        e2h_engine::Resources { cpus: Some(2), mem: Some("4G".into()), partition: Some("short".into()), ..Default::default() }
+    );
+    assert_eq!(
+        of(&big, "other"),
+        e2h_engine::Resources {
+            cpus: Some(8),
+            mem: Some("4G".into()),
+            time: Some("1-00:00:00".into()),
+            partition: Some("short".into()),
+            ..Default::default()
+        }
+    );
+    assert!(of(&big, "nums").is_empty(), "another stage's resources leaked");
+}
+
+#[test]
+fn one_instance_runs_alone_once_its_upstream_is_cached() {
+    let sb = Sandbox::new();
+    let plan = sb.plan(BASIC, None);
+    let runner = Runner::new(&sb.registry, &sb.cache, RunOptions::default());
+    let index = |name: &str| plan.stages.iter().position(|s| s.name == name).unwrap();
+
+    // Downstream first: refused, naming the upstream, and nothing computed.
+    let err = runner.run_instance(&plan, index("total")).unwrap_err();
+    assert!(matches!(err, EngineError::UpstreamNotReady { .. }), "{err}");
+    assert_eq!(err.to_string(), "stage `total` cannot run: its upstream `nums` is not ready: it has no cache entry");
+    assert!(sb.executions().is_empty(), "{:?}", sb.executions());
+
+    let up = runner.run_instance(&plan, index("nums")).unwrap();
+    assert_eq!(up.outcome, StageOutcome::Run(RunReason::Missing));
+    let down = runner.run_instance(&plan, index("total")).unwrap();
+    assert!(matches!(down.outcome, StageOutcome::Run(_)), "{:?}", down.outcome);
+    // A second job for the same key reuses the entry.
+    assert_eq!(runner.run_instance(&plan, index("nums")).unwrap().outcome, StageOutcome::Cached);
+    assert_eq!(sb.executions().len(), 2, "{:?}", sb.executions());
+    assert_eq!(count(&sb.executions(), "run toy.numbers nums"), 1);
+    // `other` was never asked for; the whole plan now only computes it.
+    let report = sb.run(&plan);
+    assert_eq!(report.ran(), 1);
+    assert!(matches!(outcome(&report, "other"), StageOutcome::Run(_)));
+}

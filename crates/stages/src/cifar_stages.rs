@@ -8,7 +8,7 @@ use e2h_cifar::ddpm::DdpmSchedule;
 use e2h_cifar::loader::{load_split, Split};
 use e2h_cifar::stats::{mean_and_covariance, GaussianModel};
 use e2h_cifar::DIM;
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameBuilder;
@@ -49,6 +49,12 @@ impl Stage for GaussianModelStage {
             return Err(ParamIssue::new("train_limit", "at least two training images are needed"));
         }
         Ok(())
+    }
+
+    /// The training images in f64 (1.2 GB for all of them) and a parallel
+    /// eigendecomposition.
+    fn resources(_p: &Self::Params) -> Resources {
+        Resources { cpus: Some(2), mem: Some("8G".into()), ..Resources::default() }
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -1,6 +1,6 @@
 //! Figure 3 stages: weak-recovery times of online pSGD and their scaling with d.
 
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::theory::{random_start, OverlapDynamics};
@@ -90,6 +90,11 @@ impl Stage for Recovery {
             return Err(ParamIssue::new("replicas", "at least one replica is needed"));
         }
         Ok(())
+    }
+
+    /// Replicas run in parallel threads.
+    fn resources(_p: &Self::Params) -> Resources {
+        Resources { cpus: Some(2), ..Resources::default() }
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -1,6 +1,6 @@
 //! Stage kinds of the mixed cumulant model: simulations, fits and theory.
 
-use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::population::PopulationLoss;
 use e2h_mcm::theory::{random_start, OverlapDynamics};
@@ -79,6 +79,11 @@ impl Stage for Trajectories {
             return Err(ParamIssue::new("grid_points", "at least two grid points are needed"));
         }
         Ok(())
+    }
+
+    /// Replicas run in parallel threads.
+    fn resources(_p: &Self::Params) -> Resources {
+        Resources { cpus: Some(2), ..Resources::default() }
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {

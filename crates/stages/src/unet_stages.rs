@@ -10,7 +10,7 @@ use e2h_cifar::loader::{load_split, Split};
 use e2h_cifar::stats::GaussianModel;
 use e2h_cifar::wiener::{self, LossEstimate};
 use e2h_engine::table::{column_f64, column_string};
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_unet::train::{eval_noise, images_to_tensor, log_spaced_steps, train, EvalConfig, EvalSet, TrainRun};
 use e2h_unet::{AdamConfig, DdpmConfig, DdpmSchedule, EvalWeights, TrainConfig, UNetConfig};
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,12 @@ impl Stage for UnetTrain {
             return Err(ParamIssue::new("keep_checkpoints", "keep at least one checkpoint (resuming needs it)"));
         }
         p.train_config(0).validate().map_err(|e| ParamIssue::new("", e.to_string()))
+    }
+
+    /// A GPU when training on one; a few cores for data loading and evaluation.
+    fn resources(p: &Self::Params) -> Resources {
+        let gpu = p.device.trim().starts_with("cuda");
+        Resources { cpus: Some(if gpu { 4 } else { 2 }), mem: Some("16G".into()), gpus: gpu.then_some(1), ..Resources::default() }
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
