@@ -6,6 +6,8 @@ mod check;
 mod figure;
 mod pipeline;
 mod root;
+mod run_stage;
+mod slurm;
 
 use std::path::PathBuf;
 
@@ -49,6 +51,9 @@ enum Command {
     },
     /// Benchmarks against bounds and peers (NumPy, PyTorch), printed as ratios.
     Bench(bench::BenchArgs),
+    /// Compute one stage instance (what a Slurm job runs).
+    #[command(hide = true)]
+    RunStage(run_stage::RunStageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => check::run(&ctx, &args),
         Command::Cache { action } => cache_cmd::run(&ctx, action),
         Command::Bench(args) => bench::run(&ctx, &args),
+        Command::RunStage(args) => run_stage::run(&ctx, &args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,20 @@ pub struct RunArgs {
     /// Print these tables after the run, as `stage/table` (repeatable).
     #[arg(long)]
     pub print: Vec<String>,
+    /// Where stages run: in this process, or one Slurm job per stage instance.
+    #[arg(long, value_enum, default_value_t = Executor::Local)]
+    pub executor: Executor,
+    /// Passed to every `sbatch` (repeatable), e.g. `--slurm-arg=--account=X`;
+    /// it overrides the stage's resources.
+    #[arg(long = "slurm-arg", allow_hyphen_values = true)]
+    pub slurm_arg: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Executor {
+    #[default]
+    Local,
+    Slurm,
 }
 
 pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
@@ -60,14 +74,31 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     // profile gets a suffix (figures/fig2-ci.png) so it never overwrites them.
     let default = spec.file.default_profile.as_deref().unwrap_or(e2h_engine::plan::DEFAULT_PROFILE);
     let publish_suffix = if plan.profile == default { String::new() } else { format!("-{}", plan.profile) };
+    if args.executor == Executor::Local {
+        anyhow::ensure!(args.slurm_arg.is_empty(), "--slurm-arg needs --executor slurm");
+    }
+    // A dry run lists what would run first, then the job scripts.
+    let slurm = match args.executor {
+        Executor::Slurm if !args.dry_run => Some(crate::slurm::execute(ctx, path, &plan, args)?),
+        _ => None,
+    };
     let cache = ctx.cache()?;
+    if slurm.is_some() {
+        // The jobs are done: every entry must be valid now, and nothing may
+        // be computed here behind the cluster's back.
+        let check = Runner::new(&ctx.registry, &cache, RunOptions { dry_run: true, ..RunOptions::default() }).run(&plan)?;
+        let missing: Vec<&str> =
+            check.stages.iter().filter(|s| matches!(s.outcome, StageOutcome::Run(_))).map(|s| s.name.as_str()).collect();
+        anyhow::ensure!(missing.is_empty(), "after the Slurm jobs, these stages still have no valid cache entry: {}", missing.join(", "));
+    }
     let runner = Runner::new(
         &ctx.registry,
         &cache,
         RunOptions {
             dry_run: args.dry_run,
-            force_all: args.force,
-            force: args.force_stage.clone(),
+            // Forced stages ran on the cluster already.
+            force_all: args.force && slurm.is_none(),
+            force: if slurm.is_none() { args.force_stage.clone() } else { Vec::new() },
             publish_root: Some(ctx.root.clone()),
             publish_suffix,
             show_progress: true,
@@ -78,6 +109,10 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     println!("pipeline {} (profile {}): {} stages", plan.pipeline, plan.profile, plan.stages.len());
     for s in &report.stages {
         let key = &s.key[..12];
+        if let Some((job, seconds)) = slurm.as_ref().and_then(|o| o.computed.get(&s.name)) {
+            println!("  ran      {:<40} {key}  {seconds:>8.1} s  (Slurm job {job})", s.name);
+            continue;
+        }
         match (&s.outcome, args.dry_run) {
             (StageOutcome::Cached, _) => match &s.adopted {
                 None => println!("  cached   {:<40} {key}", s.name),
@@ -92,6 +127,10 @@ pub fn run(ctx: &Context, path: &Path, args: &RunArgs) -> anyhow::Result<()> {
     }
     for p in &report.published {
         println!("  wrote    {}", p.strip_prefix(&ctx.root).unwrap_or(p).display());
+    }
+    if args.dry_run && args.executor == Executor::Slurm {
+        crate::slurm::execute(ctx, path, &plan, args)?;
+        return Ok(());
     }
     for spec in &args.print {
         print_table(ctx, &plan, &cache, spec)?;

@@ -6,4 +6,5 @@ mod check;
 mod code;
 mod full_disk;
 mod root;
+mod slurm;
 mod util;

@@ -186,3 +186,20 @@ impl std::fmt::Display for Run {
         write!(f, "exit: {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
+
+/// Whether a Slurm cluster answers (`sinfo` lists a partition that is up).
+/// Where none does, a test that needs one fails under CI (`CI` set, as
+/// `.ci/run` does after starting the local cluster) and is skipped elsewhere.
+pub fn slurm_cluster(test: &str) -> bool {
+    let up = Command::new("sinfo")
+        .args(["--noheader", "--format=%a"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "up"));
+    if up {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(!ci, "{test}: no Slurm cluster answers `sinfo`, and CI is set (.ci/run starts one with ../shared/slurm/start-local-slurm.sh)");
+    eprintln!("skipping {test}: no Slurm cluster answers `sinfo` (start one with shared/slurm/start-local-slurm.sh, as root)");
+    false
+}
