@@ -84,7 +84,7 @@ pub fn fingerprints(crates_dir: &Path) -> io::Result<Fingerprints> {
             continue;
         }
         sources.insert(module.to_string(), fs::read_to_string(&file)?);
-        units.insert(format!("{STAGES_PREFIX}{module}"), hash_files(&src, &[file.clone()])?);
+        units.insert(format!("{STAGES_PREFIX}{module}"), hash_files(&src, std::slice::from_ref(&file))?);
     }
 
     // Direct dependencies of every module, then their closures.

@@ -112,7 +112,7 @@ fn adopt_keeps_the_bytes_and_records_who_when_and_from_which_code() {
         assert_eq!(bytes(&new_key), bytes(&old_key), "{name}");
     }
     assert_eq!(adopted.code, old_meta.code, "the entry must say which code made it");
-    assert_eq!(adopted.adopted, [record.clone()]);
+    assert_eq!(adopted.adopted, std::slice::from_ref(&record));
     assert_eq!(record.by, "A. Tester");
     assert_eq!(record.from_key, old_key);
     assert_eq!(record.from_code.get("toy-science").map(String::as_str), Some("a"));
