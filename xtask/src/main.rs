@@ -56,7 +56,21 @@ enum Command {
     RunStage(run_stage::RunStageArgs),
 }
 
+/// candle runs its CPU elementwise ops on its own spin-waiting thread pool,
+/// beside rayon's, on which the U-Net's GEMMs and fused kernels run: on few
+/// cores the two pools steal each other's time (a U-Net training step took
+/// twice as long on 2 busy cores). Keep candle's pool to the calling thread
+/// unless the user chose a size; results do not depend on it.
+#[allow(unsafe_code)]
+fn keep_candle_elementwise_on_one_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the first statement of main, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    keep_candle_elementwise_on_one_thread();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("E2H_LOG").unwrap_or_else(|_| "info".into()),

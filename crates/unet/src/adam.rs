@@ -15,6 +15,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::optim::{AdamStep, adam_update};
+use crate::kernels::use_cpu_kernels;
+
 /// Adam hyper-parameters (the learning rate is passed per step).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +60,11 @@ impl Adam {
             .iter()
             .map(|(_, p)| p.as_tensor().zeros_like())
             .collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate storage for each moment: the CPU update writes them in place.
+        let v = params
+            .iter()
+            .map(|(_, p)| p.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config,
             params,
@@ -80,17 +87,47 @@ impl Adam {
     /// One update with learning rate `lr`. Parameters without a gradient are left
     /// unchanged (their moments too), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, None)
+    }
+
+    /// One update with the gradients multiplied by `grad_scale` first (as
+    /// [`clip_grad_norm`] would scale them), without materialising the scaled
+    /// gradients. On the CPU the update runs in place, one fused pass per tensor.
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
+        self.update(grads, lr, grad_scale, true)
+    }
+
+    /// The update, through the in-place CPU kernel when `fused` allows it and
+    /// the parameter is on the CPU, through candle ops otherwise.
+    fn update(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>, fused: bool) -> Result<()> {
         self.t += 1;
         let c = &self.config;
         let t = self.t as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
+        let kernel_step = AdamStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size,
+            inv_bc2_sqrt: 1.0 / bc2_sqrt,
+            decay: (c.weight_decay != 0.0).then(|| 1.0 - lr * c.weight_decay),
+            grad_scale,
+        };
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let g = g.to_dtype(DType::F32)?;
+            if fused && use_cpu_kernels(var.as_tensor()) {
+                adam_update(var.as_tensor(), &self.m[i], &self.v[i], &g, &kernel_step)?;
+                continue;
+            }
+            let g = match grad_scale {
+                Some(s) => (g * s)?,
+                None => g,
+            };
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
@@ -108,14 +145,15 @@ impl Adam {
         Ok(())
     }
 
-    /// The moments, named `adam_m/<param>` and `adam_v/<param>`.
-    pub fn state(&self) -> BTreeMap<String, Tensor> {
+    /// Copies of the moments, named `adam_m/<param>` and `adam_v/<param>` (copies:
+    /// later updates write the moments in place).
+    pub fn state(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.insert(format!("adam_m/{name}"), self.m[i].clone());
-            out.insert(format!("adam_v/{name}"), self.v[i].clone());
+            out.insert(format!("adam_m/{name}"), self.m[i].copy()?);
+            out.insert(format!("adam_v/{name}"), self.v[i].copy()?);
         }
-        out
+        Ok(out)
     }
 
     /// Restore the moments (as written by [`Adam::state`]) and the update count.
@@ -129,7 +167,8 @@ impl Adam {
                 if t.shape() != var.shape() {
                     candle_core::bail!("optimizer state {key:?} has shape {:?}", t.shape())
                 }
-                *slot = t.to_device(var.device())?.to_dtype(DType::F32)?;
+                // An own copy: the CPU update writes the moments in place.
+                *slot = t.to_device(var.device())?.to_dtype(DType::F32)?.copy()?;
             }
         }
         self.t = step_count;
@@ -153,13 +192,19 @@ pub fn global_grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64
     Ok(parts.iter().sum::<f64>().sqrt())
 }
 
+/// The factor [`clip_grad_norm`] scales gradients of global norm `norm` by, or
+/// `None` when they are within `max_norm`.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
+    let coef = max_norm / (norm + 1e-6);
+    (coef < 1.0).then_some(coef)
+}
+
 /// Clip the gradients of `vars` to global L2 norm at most `max_norm` (as PyTorch's
 /// `clip_grad_norm_`: scale by `max_norm / (norm + 1e-6)` when that is below one).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f64> {
     let norm = global_grad_norm(grads, vars)?;
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
         for (_, v) in vars {
             if let Some(g) = grads.get(v.as_tensor()) {
                 let scaled = (g * coef)?;
@@ -188,8 +233,41 @@ mod tests {
             assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
         }
         assert_eq!(opt.step_count(), 2);
-        let state = opt.state();
+        let state = opt.state().unwrap();
         let m = state["adam_m/w"].to_vec1::<f32>().unwrap()[0];
         assert!((m - 0.38).abs() < 1e-6);
+    }
+
+    /// The in-place CPU update and the candle-op update give the same bits,
+    /// with clipping and weight decay.
+    #[test]
+    fn fused_update_is_bit_identical_to_the_candle_ops() {
+        let init: Vec<f32> = (0..5000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let config = AdamConfig {
+            weight_decay: 0.01,
+            ..AdamConfig::default()
+        };
+        let make = || {
+            let w = Var::from_tensor(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()).unwrap();
+            let opt = Adam::new(vec![("w".into(), w.clone())], config.clone()).unwrap();
+            (w, opt)
+        };
+        let ((w_a, mut a), (w_b, mut b)) = (make(), make());
+        for (step, scale) in [(0, None), (1, Some(0.37)), (2, Some(0.9))] {
+            let lr = 1e-3 * (step + 1) as f64;
+            let grads_of = |w: &Var| {
+                let target = Tensor::from_vec(init.iter().map(|v| v * 0.5 - 0.1).collect::<Vec<_>>(), (50, 100), &Device::Cpu).unwrap();
+                (w.as_tensor() - target).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap()
+            };
+            a.update(&grads_of(&w_a), lr, scale, true).unwrap();
+            b.update(&grads_of(&w_b), lr, scale, false).unwrap();
+        }
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(w_a.as_tensor()), bits(w_b.as_tensor()));
+        let (sa, sb) = (a.state().unwrap(), b.state().unwrap());
+        for key in ["adam_m/w", "adam_v/w"] {
+            assert_eq!(bits(&sa[key]), bits(&sb[key]), "{key}");
+        }
+        assert_ne!(bits(w_a.as_tensor()), bits(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()));
     }
 }

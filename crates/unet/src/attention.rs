@@ -1,9 +1,9 @@
 //! Single-head self-attention over spatial positions (Ho et al. 2020).
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::layers::{Nin, group_norm, group_norm_params, softmax_last_dim};
+use crate::layers::{GroupNorm, Nin, group_norm, group_norm_params, softmax_last_dim};
 
 /// x + proj_out(softmax(q^T k / sqrt(C)) applied to v), with q, k, v from one 1x1
 /// convolution of GroupNorm(x). `proj_out` is zero-initialised, so the block

@@ -6,6 +6,8 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{self, conv::ConvGeometry, group_norm::GroupNormSpec, use_cpu_kernels};
+
 fn fan_avg_uniform(fan_in: usize, fan_out: usize) -> Init {
     let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
     Init::Uniform {
@@ -27,7 +29,9 @@ fn weight_init(fan_in: usize, fan_out: usize, zero: bool) -> Init {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvImpl {
-    /// im2col from pad/narrow/stack, then a batched matrix product (default).
+    /// im2col and matrix products (default): on the CPU the fused kernel of
+    /// [`crate::kernels::conv`], elsewhere built from candle's pad/narrow/stack
+    /// and a batched matmul.
     #[default]
     Im2col,
     /// candle's `conv2d` (its backward uses `conv_transpose2d`).
@@ -102,6 +106,14 @@ impl Module for Conv2d {
             return self.forward_candle(x);
         }
         let (c_out, c_in, k, _) = self.weight.dims4()?;
+        if use_cpu_kernels(x) {
+            let geometry = ConvGeometry {
+                kernel: k,
+                stride: self.stride,
+                padding: self.padding,
+            };
+            return kernels::conv::conv2d(x, &self.weight, &self.bias, geometry);
+        }
         let b = x.dim(0)?;
         let (cols, ho, wo) = im2col(x, k, self.stride, self.padding)?;
         let kk = c_in * k * k;
@@ -195,8 +207,18 @@ impl Nin {
 
     /// (B, C, N) -> (B, C_out, N).
     pub fn forward_flat(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _c, _n) = x.dims3()?;
+        let (b, _c, n) = x.dims3()?;
         let (c_out, c_in) = self.weight.dims2()?;
+        if use_cpu_kernels(x) {
+            let geometry = ConvGeometry {
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            };
+            let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
+            let x = x.reshape((b, c_in, n, 1))?;
+            return kernels::conv::conv2d(&x, &weight, &self.bias, geometry)?.reshape((b, c_out, n));
+        }
         self.weight
             .broadcast_as((b, c_out, c_in))?
             .matmul(&x.contiguous()?)?
@@ -241,10 +263,65 @@ impl Module for Dense {
     }
 }
 
-/// Group normalisation (candle-nn's, built from differentiable ops), eps 1e-6 as
-/// in Ho et al.'s TensorFlow code. Parameters `weight` (ones), `bias` (zeros).
-pub fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<candle_nn::GroupNorm> {
-    candle_nn::group_norm(groups, channels, 1e-6, vb)
+/// Group normalisation with eps 1e-6 as in Ho et al.'s TensorFlow code, alone
+/// or followed by SiLU. Parameters `weight` (ones), `bias` (zeros).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+}
+
+/// GroupNorm's epsilon.
+const GROUP_NORM_EPS: f64 = 1e-6;
+
+impl GroupNorm {
+    /// `groups` groups over `channels` channels.
+    pub fn new(groups: usize, channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+        })
+    }
+
+    fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if use_cpu_kernels(x) {
+            let spec = GroupNormSpec {
+                groups: self.groups,
+                eps: GROUP_NORM_EPS,
+                silu,
+            };
+            return kernels::group_norm::group_norm(x, &self.weight, &self.bias, spec);
+        }
+        let channels = self.weight.dim(0)?;
+        let gn = candle_nn::GroupNorm::new(
+            self.weight.clone(),
+            self.bias.clone(),
+            channels,
+            self.groups,
+            GROUP_NORM_EPS,
+        )?;
+        let y = gn.forward(x)?;
+        if silu { y.silu() } else { Ok(y) }
+    }
+
+    /// GroupNorm(x).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    /// SiLU(GroupNorm(x)), fused on the CPU.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+}
+
+/// Group normalisation over `channels` channels in `groups` groups.
+pub fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    GroupNorm::new(groups, channels, vb)
 }
 
 /// Number of scalar parameters of a group norm over `channels` channels.

@@ -25,6 +25,7 @@ pub mod device;
 pub mod downsample;
 pub mod dropout;
 pub mod error;
+pub mod kernels;
 pub mod layers;
 pub mod params;
 pub mod resblock;
@@ -34,7 +35,7 @@ pub mod train;
 pub mod unet;
 pub mod upsample;
 
-pub use adam::{Adam, AdamConfig, clip_grad_norm, global_grad_norm};
+pub use adam::{Adam, AdamConfig, clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use attention::AttentionBlock;
 pub use ddpm::{DdpmConfig, DdpmSchedule, eps_mse, eps_mse_per_image};
 pub use device::{DTYPE, Precision, precision, select_device, set_tf32};

@@ -1,10 +1,10 @@
 //! Residual block of Ho et al. 2020.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::dropout::ForwardMode;
-use crate::layers::{Conv2d, ConvImpl, Dense, Nin, group_norm, group_norm_params};
+use crate::layers::{Conv2d, ConvImpl, Dense, GroupNorm, Nin, group_norm, group_norm_params};
 
 /// GroupNorm -> SiLU -> conv3x3 -> + dense(SiLU(temb)) -> GroupNorm -> SiLU ->
 /// dropout -> conv3x3 (zero-initialised), plus the input (through a 1x1
@@ -76,14 +76,14 @@ impl ResBlock {
 
     /// `x`: (B, C_in, H, W); `temb_act`: SiLU of the time embedding, (B, temb_dim).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, mode: &ForwardMode) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self
             .temb_proj
             .forward(temb_act)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.norm2.forward(&h)?.silu()?;
+        let h = self.norm2.forward_silu(&h)?;
         let h = mode.dropout(&h, self.dropout)?;
         let h = self.conv2.forward(&h)?;
         let skip = match &self.nin_shortcut {

@@ -1,13 +1,13 @@
 //! The DDPM U-Net of Ho et al. 2020 (their `diffusion_tf/models/unet.py`).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::attention::AttentionBlock;
 use crate::downsample::Downsample;
 use crate::dropout::ForwardMode;
-use crate::layers::{Conv2d, ConvImpl, group_norm, group_norm_params};
+use crate::layers::{Conv2d, ConvImpl, GroupNorm, group_norm, group_norm_params};
 use crate::resblock::ResBlock;
 use crate::time_embedding::TimeEmbedding;
 use crate::upsample::Upsample;
@@ -354,7 +354,7 @@ impl UNet {
             }
         }
         debug_assert!(hs.is_empty());
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 
     /// The attention blocks, in forward order (down path, middle, up path).

@@ -1,0 +1,535 @@
+//! 2-D convolution with bias (NCHW, square kernel, zero padding) as im2col and
+//! one GEMM per chunk of images, forward and backward.
+//!
+//! Forward: the patches of a chunk of images are unfolded into `cols`
+//! (C k k, images x Ho Wo), `y = W cols + b`. Backward: with `dY` laid out the
+//! same way, `dW = dY cols^T`, `db = dY 1`, `dX = col2im(W^T dY)`: three GEMMs
+//! of the forward's size, as cuDNN-free frameworks do.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_slice;
+use super::gemm::{Mat, matmul};
+
+/// At most this many f32 in the unfolded patches at once (64 MB): larger
+/// batches are processed in chunks of images.
+const MAX_COLS: usize = 1 << 24;
+
+/// Kernel size, stride and zero padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Sizes of one convolution call.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Dims {
+    fn new(op: &str, g: ConvGeometry, x: &Shape, weight: &Shape) -> Result<Self> {
+        let (b, c, h, w) = x.dims4()?;
+        let (o, c_w, kh, kw) = weight.dims4()?;
+        if c_w != c || kh != g.kernel || kw != g.kernel {
+            candle_core::bail!(
+                "{op}: weight {weight:?} does not fit input {x:?} with kernel {}",
+                g.kernel
+            )
+        }
+        if g.stride == 0 || h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
+            candle_core::bail!("{op}: input {x:?} too small for {g:?}")
+        }
+        let ho = (h + 2 * g.padding - g.kernel) / g.stride + 1;
+        let wo = (w + 2 * g.padding - g.kernel) / g.stride + 1;
+        Ok(Self {
+            b,
+            c,
+            h,
+            w,
+            o,
+            ho,
+            wo,
+        })
+    }
+
+    fn ckk(&self, g: ConvGeometry) -> usize {
+        self.c * g.kernel * g.kernel
+    }
+
+    /// Images per chunk: the whole batch unless the patches exceed `max_cols`.
+    fn chunk(&self, g: ConvGeometry, max_cols: usize) -> usize {
+        (max_cols / (self.ckk(g) * self.ho * self.wo).max(1)).clamp(1, self.b.max(1))
+    }
+}
+
+/// The range of output columns `ox` whose input column `ox + dx - padding`
+/// lies inside `0..w` (stride 1).
+fn valid_columns(w: usize, wo: usize, dx: usize, padding: usize) -> (usize, usize) {
+    let lo = padding.saturating_sub(dx).min(wo);
+    let hi = (w + padding).saturating_sub(dx).min(wo).max(lo);
+    (lo, hi)
+}
+
+/// Unfolds images `n0..n0 + nb` of `x` into `cols`, (C k k) rows ordered
+/// (c, dy, dx) like the weight, each row `nb * Ho * Wo` long, image-major.
+fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, n0: usize, nb: usize, cols: &mut [f32]) {
+    let (k, s, p) = (g.kernel, g.stride, g.padding);
+    let hwo = d.ho * d.wo;
+    let plane = d.h * d.w;
+    cols.par_chunks_mut(nb * hwo)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, dy, dx) = (r / (k * k), (r / k) % k, r % k);
+            let (lo, hi) = valid_columns(d.w, d.wo, dx, p);
+            for i in 0..nb {
+                let img = &x[((n0 + i) * d.c + c) * plane..][..plane];
+                let out = &mut row[i * hwo..(i + 1) * hwo];
+                for oy in 0..d.ho {
+                    let orow = &mut out[oy * d.wo..(oy + 1) * d.wo];
+                    let iy = oy * s + dy;
+                    if iy < p || iy - p >= d.h {
+                        orow.fill(0.0);
+                        continue;
+                    }
+                    let irow = &img[(iy - p) * d.w..][..d.w];
+                    if s == 1 {
+                        orow[..lo].fill(0.0);
+                        orow[hi..].fill(0.0);
+                        orow[lo..hi].copy_from_slice(&irow[lo + dx - p..hi + dx - p]);
+                    } else {
+                        for (ox, v) in orow.iter_mut().enumerate() {
+                            let ix = ox * s + dx;
+                            *v = if ix < p || ix - p >= d.w {
+                                0.0
+                            } else {
+                                irow[ix - p]
+                            };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The adjoint of [`im2col`]: sums the patch gradients `dcols` back into the
+/// input gradient `dx` of images `n0..n0 + nb` (`dx` holds just those images).
+/// Each (image, channel) plane is summed by one task in a fixed order.
+fn col2im(dcols: &[f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
+    let (k, s, p) = (g.kernel, g.stride, g.padding);
+    let hwo = d.ho * d.wo;
+    let width = nb * hwo;
+    dx.par_chunks_mut(d.h * d.w)
+        .enumerate()
+        .for_each(|(idx, plane)| {
+            let (i, c) = (idx / d.c, idx % d.c);
+            plane.fill(0.0);
+            for dy in 0..k {
+                for dxk in 0..k {
+                    let r = (c * k + dy) * k + dxk;
+                    let src = &dcols[r * width + i * hwo..][..hwo];
+                    let (lo, hi) = valid_columns(d.w, d.wo, dxk, p);
+                    for oy in 0..d.ho {
+                        let iy = oy * s + dy;
+                        if iy < p || iy - p >= d.h {
+                            continue;
+                        }
+                        let prow = &mut plane[(iy - p) * d.w..][..d.w];
+                        let srow = &src[oy * d.wo..(oy + 1) * d.wo];
+                        if s == 1 {
+                            for (dst, v) in prow[lo + dxk - p..hi + dxk - p]
+                                .iter_mut()
+                                .zip(&srow[lo..hi])
+                            {
+                                *dst += v;
+                            }
+                        } else {
+                            for (ox, v) in srow.iter().enumerate() {
+                                let ix = ox * s + dxk;
+                                if ix >= p && ix - p < d.w {
+                                    prow[ix - p] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Forward op: (x, weight, bias) -> y, unfolding at most `max_cols` f32 at once.
+struct Conv2dForward {
+    geometry: ConvGeometry,
+    max_cols: usize,
+}
+
+impl CustomOp3 for Conv2dForward {
+    fn name(&self) -> &'static str {
+        "e2h-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry;
+        let d = Dims::new(self.name(), g, l1.shape(), l2.shape())?;
+        let (x, weight, bias) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+            f32_slice(self.name(), s3, l3)?,
+        );
+        if bias.len() != d.o {
+            candle_core::bail!(
+                "{}: bias of {} for {} output channels",
+                self.name(),
+                bias.len(),
+                d.o
+            )
+        }
+        let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
+        let mut out = vec![0f32; d.b * d.o * hwo];
+        let mut cols = vec![0f32; ckk * chunk * hwo];
+        let mut ymat = vec![0f32; d.o * chunk * hwo];
+        for n0 in (0..d.b).step_by(chunk) {
+            let nb = chunk.min(d.b - n0);
+            let width = nb * hwo;
+            let cols = &mut cols[..ckk * width];
+            im2col(x, &d, g, n0, nb, cols);
+            let ymat = &mut ymat[..d.o * width];
+            matmul(
+                ymat,
+                false,
+                Mat::row_major(weight, d.o, ckk),
+                Mat::row_major(cols, ckk, width),
+            );
+            let ymat = &*ymat;
+            out[n0 * d.o * hwo..(n0 + nb) * d.o * hwo]
+                .par_chunks_mut(hwo)
+                .enumerate()
+                .for_each(|(idx, dst)| {
+                    let (i, o) = (idx / d.o, idx % d.o);
+                    let b = bias[o];
+                    for (y, v) in dst.iter_mut().zip(&ymat[o * width + i * hwo..][..hwo]) {
+                        *y = v + b;
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.o, d.ho, d.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &Conv2dBackward {
+                geometry: self.geometry,
+                max_cols: self.max_cols,
+            },
+        )?;
+        let (nx, nw) = (x.elem_count(), weight.elem_count());
+        let o = weight.dim(0)?;
+        let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = flat.narrow(0, nx, nw)?.reshape(weight.shape())?;
+        let db = flat.narrow(0, nx + nw, o)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward op: (x, weight, dy) -> [dx, dweight, dbias] flattened into one buffer.
+struct Conv2dBackward {
+    geometry: ConvGeometry,
+    max_cols: usize,
+}
+
+impl CustomOp3 for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        "e2h-conv2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry;
+        let d = Dims::new(self.name(), g, l1.shape(), l2.shape())?;
+        let (x, weight, dy) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+            f32_slice(self.name(), s3, l3)?,
+        );
+        let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
+        if dy.len() != d.b * d.o * hwo {
+            candle_core::bail!(
+                "{}: output gradient of {} elements, expected {}",
+                self.name(),
+                dy.len(),
+                d.b * d.o * hwo
+            )
+        }
+        let (nx, nw) = (x.len(), d.o * ckk);
+        let mut out = vec![0f32; nx + nw + d.o];
+        let (dx_all, rest) = out.split_at_mut(nx);
+        let (dw, db) = rest.split_at_mut(nw);
+        let mut db_acc = vec![0f64; d.o];
+        let mut cols = vec![0f32; ckk * chunk * hwo];
+        let mut dymat = vec![0f32; d.o * chunk * hwo];
+        let plane = d.c * d.h * d.w;
+        for n0 in (0..d.b).step_by(chunk) {
+            let nb = chunk.min(d.b - n0);
+            let width = nb * hwo;
+            let dymat = &mut dymat[..d.o * width];
+            dymat
+                .par_chunks_mut(width)
+                .zip(db_acc.par_iter_mut())
+                .enumerate()
+                .for_each(|(o, (row, acc))| {
+                    for i in 0..nb {
+                        let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
+                        row[i * hwo..(i + 1) * hwo].copy_from_slice(src);
+                        *acc += src.iter().map(|&v| f64::from(v)).sum::<f64>();
+                    }
+                });
+            let dymat = &*dymat;
+            let cols = &mut cols[..ckk * width];
+            im2col(x, &d, g, n0, nb, cols);
+            let cols_t = Mat {
+                data: cols,
+                rows: width,
+                cols: ckk,
+                rs: 1,
+                cs: width,
+            };
+            matmul(dw, n0 > 0, Mat::row_major(dymat, d.o, width), cols_t);
+            matmul(
+                cols,
+                false,
+                Mat::row_major(weight, d.o, ckk).t(),
+                Mat::row_major(dymat, d.o, width),
+            );
+            col2im(cols, &d, g, nb, &mut dx_all[n0 * plane..(n0 + nb) * plane]);
+        }
+        for (dst, acc) in db.iter_mut().zip(&db_acc) {
+            *dst = *acc as f32;
+        }
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// `conv2d(x, weight) + bias` on the CPU (f32): `x` (B, C, H, W), `weight`
+/// (O, C, k, k), `bias` (O); differentiable in all three.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<Tensor> {
+    conv2d_chunked(x, weight, bias, geometry, MAX_COLS)
+}
+
+fn conv2d_chunked(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    max_cols: usize,
+) -> Result<Tensor> {
+    let op = Conv2dForward { geometry, max_cols };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn det(shape: &[usize], salt: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (i as f32 * 0.7311 + salt).sin() * 0.9)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// Forward and all three gradients against candle's conv2d, for a loss
+    /// that weights every output differently.
+    fn check(b: usize, c: usize, h: usize, w: usize, o: usize, g: ConvGeometry) {
+        let x = Var::from_tensor(&det(&[b, c, h, w], 0.1)).unwrap();
+        let wt = Var::from_tensor(&det(&[o, c, g.kernel, g.kernel], 0.2)).unwrap();
+        let bias = Var::from_tensor(&det(&[o], 0.3)).unwrap();
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), bias.as_tensor(), g).unwrap();
+        let reference = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), g.padding, g.stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), reference.dims());
+        assert!(
+            max_rel(&ours, &reference) < 1e-5,
+            "forward {g:?}: {}",
+            max_rel(&ours, &reference)
+        );
+        let weights = det(ours.dims(), 0.4);
+        let g_ours = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_ref = (&reference * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("weight", &wt), ("bias", &bias)] {
+            let (a, r) = (
+                g_ours.get(v.as_tensor()).unwrap(),
+                g_ref.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.dims(), r.dims());
+            assert!(max_rel(a, r) < 1e-5, "d{name} {g:?}: {}", max_rel(a, r));
+        }
+    }
+
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients() {
+        check(
+            2,
+            3,
+            8,
+            8,
+            4,
+            ConvGeometry {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+        );
+        check(
+            3,
+            4,
+            8,
+            6,
+            5,
+            ConvGeometry {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        );
+        check(
+            2,
+            5,
+            7,
+            7,
+            3,
+            ConvGeometry {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            },
+        );
+        check(
+            2,
+            6,
+            4,
+            4,
+            7,
+            ConvGeometry {
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            },
+        );
+        check(
+            1,
+            2,
+            5,
+            5,
+            2,
+            ConvGeometry {
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn chunked_batches_give_the_same_result() {
+        // 3 x 3 x 5 x 5 x 4 images of patches, at most 2 images per chunk:
+        // 3 chunks, the last one short; gradients accumulate across them.
+        let g = ConvGeometry {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let max_cols = 2 * 27 * 25;
+        let x = Var::from_tensor(&det(&[5, 3, 5, 5], 0.5)).unwrap();
+        let wt = Var::from_tensor(&det(&[4, 3, 3, 3], 0.6)).unwrap();
+        let bias = Var::from_tensor(&det(&[4], 0.7)).unwrap();
+        let chunked = conv2d_chunked(x.as_tensor(), wt.as_tensor(), &bias, g, max_cols).unwrap();
+        let whole = conv2d(x.as_tensor(), wt.as_tensor(), &bias, g).unwrap();
+        assert!(max_rel(&chunked, &whole) < 1e-6);
+        let weights = det(whole.dims(), 0.8);
+        let g_chunked = (&chunked * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_whole = (&whole * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &wt, &bias] {
+            let (a, b) = (
+                g_chunked.get(v.as_tensor()).unwrap(),
+                g_whole.get(v.as_tensor()).unwrap(),
+            );
+            assert!(max_rel(a, b) < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Hand-written CPU kernels for the training step, as candle custom ops.
+//!
+//! candle's CPU backend runs every elementwise op as its own single-threaded
+//! pass with a fresh allocation, and its convolution backward is a naive
+//! `conv_transpose2d`; a U-Net step spent most of its time there. These ops
+//! fuse the hot paths: convolutions as im2col + one threaded GEMM (forward and
+//! both gradients), GroupNorm with its SiLU, and the AdamW/EMA updates in place.
+//!
+//! Every op has `cpu_fwd` only: callers take the candle-op path on other
+//! devices (see [`use_cpu_kernels`]), so CUDA builds keep candle's kernels.
+//! Reductions are split by shape alone, never by thread count, so results are
+//! bit-identical whatever the number of threads.
+
+pub mod conv;
+pub mod gemm;
+pub mod group_norm;
+pub mod optim;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+
+/// Whether the fused CPU kernels apply to `x`: an f32 tensor on the CPU.
+pub fn use_cpu_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The contiguous f32 slice behind a storage and layout, or an error naming `op`.
+pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: expects f32 data")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expects a contiguous input"),
+    }
+}
