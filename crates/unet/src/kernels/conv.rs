@@ -6,6 +6,8 @@
 //! same way, `dW = dY cols^T`, `db = dY 1`, `dX = col2im(W^T dY)`: three GEMMs
 //! of the forward's size, as cuDNN-free frameworks do.
 
+use std::cell::RefCell;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -15,6 +17,31 @@ use super::gemm::{Mat, matmul};
 /// At most this many f32 in the unfolded patches at once (64 MB): larger
 /// batches are processed in chunks of images.
 const MAX_COLS: usize = 1 << 24;
+
+thread_local! {
+    /// Work buffers (patches, reordered outputs) kept between calls: fresh
+    /// multi-megabyte allocations cost a page fault per 4 KiB every time.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A work buffer of at least `len` elements with unspecified contents (every
+/// caller overwrites what it reads); hand it back with [`give_back`].
+fn take_scratch(len: usize) -> Vec<f32> {
+    let mut v = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+fn give_back(v: Vec<f32>) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < 4 {
+            s.push(v);
+        }
+    });
+}
 
 /// Kernel size, stride and zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +230,8 @@ impl CustomOp3 for Conv2dForward {
         }
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
         let mut out = vec![0f32; d.b * d.o * hwo];
-        let mut cols = vec![0f32; ckk * chunk * hwo];
-        let mut ymat = vec![0f32; d.o * chunk * hwo];
+        let mut cols = take_scratch(ckk * chunk * hwo);
+        let mut ymat = take_scratch(d.o * chunk * hwo);
         for n0 in (0..d.b).step_by(chunk) {
             let nb = chunk.min(d.b - n0);
             let width = nb * hwo;
@@ -229,6 +256,8 @@ impl CustomOp3 for Conv2dForward {
                     }
                 });
         }
+        give_back(cols);
+        give_back(ymat);
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.o, d.ho, d.wo))))
     }
 
@@ -298,8 +327,8 @@ impl CustomOp3 for Conv2dBackward {
         let (dx_all, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(nw);
         let mut db_acc = vec![0f64; d.o];
-        let mut cols = vec![0f32; ckk * chunk * hwo];
-        let mut dymat = vec![0f32; d.o * chunk * hwo];
+        let mut cols = take_scratch(ckk * chunk * hwo);
+        let mut dymat = take_scratch(d.o * chunk * hwo);
         let plane = d.c * d.h * d.w;
         for n0 in (0..d.b).step_by(chunk) {
             let nb = chunk.min(d.b - n0);
@@ -335,6 +364,8 @@ impl CustomOp3 for Conv2dBackward {
             );
             col2im(cols, &d, g, nb, &mut dx_all[n0 * plane..(n0 + nb) * plane]);
         }
+        give_back(cols);
+        give_back(dymat);
         for (dst, acc) in db.iter_mut().zip(&db_acc) {
             *dst = *acc as f32;
         }
