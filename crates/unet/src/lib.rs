@@ -8,11 +8,14 @@
 //! reports it). The caller supplies images (u8 NCHW slices for training, f32
 //! tensors in [-1, 1] for evaluation); no data loading, caching or plotting here.
 //!
-//! Convolutions run as im2col + batched matrix products by default
-//! ([`ConvImpl::Im2col`]): on the CPU a training step is 2-4x faster than with
-//! candle's `conv2d`, whose backward pass is a naive `conv_transpose2d`.
-//! candle 0.11's CPU thread pool spin-waits; on a busy machine with few cores
-//! `CANDLE_NUM_THREADS=1` can be faster (results do not depend on it).
+//! Convolutions run as im2col + matrix products by default
+//! ([`ConvImpl::Im2col`]). On the CPU (f32) the hot paths of a training step
+//! are custom ops in [`kernels`]: convolutions as im2col + one threaded GEMM
+//! with their gradients, GroupNorm fused with SiLU, AdamW and EMA in place;
+//! other devices use candle's ops. The kernels run on rayon's pool; candle
+//! 0.11's own CPU pool spin-waits beside it, so with few cores
+//! `CANDLE_NUM_THREADS=1` is faster (`cargo xtask` sets it unless it is set;
+//! results do not depend on it).
 //!
 //! Building blocks, one file each: [`time_embedding`], [`resblock`],
 //! [`attention`], [`downsample`], [`upsample`], assembled in [`unet`].
