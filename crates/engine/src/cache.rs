@@ -2,7 +2,8 @@
 //!
 //! Layout under the cache root:
 //! - `entries/<key>/`  finished entries: the stage's files plus `meta.json`;
-//! - `tmp/<key>.<pid>.<n>/`  entries being written (never read);
+//! - `tmp/<key>.<pid>.<n>/`  entries being written (never read); those of killed
+//!   runs are removed by the next run of the key, `cache verify --fix` and `gc`;
 //! - `locks/<key>.lock`  one lock file per key, held while the key is computed;
 //! - `index/<pipeline>/<profile>/<stage>.json`  the key each stage had last run,
 //!   used only to explain why a stage must run again;
@@ -139,8 +140,10 @@ impl Cache {
     /// have its recorded size and blake3, and no listed file may be missing.
     pub fn status(&self, key: &str) -> EntryStatus {
         let dir = self.entry_dir(key);
-        if !dir.exists() {
-            return EntryStatus::Missing;
+        match fs::symlink_metadata(&dir) {
+            Err(_) => return EntryStatus::Missing,
+            Ok(m) if !m.is_dir() => return EntryStatus::Corrupt(format!("{}: not a directory", dir.display())),
+            Ok(_) => {}
         }
         match verify_entry(&dir, key) {
             Ok(meta) => EntryStatus::Valid(Box::new(meta)),
@@ -156,14 +159,46 @@ impl Cache {
     }
 
     /// Moves a corrupt entry out of the way (renamed first, so it vanishes atomically).
+    /// (An entry path that is not a directory, a file or a link, is removed the same way.)
     pub fn discard(&self, key: &str) -> Result<(), EngineError> {
         let dir = self.entry_dir(key);
-        if !dir.exists() {
+        if fs::symlink_metadata(&dir).is_err() {
             return Ok(());
         }
         let trash = self.fresh_tmp_path(&format!("{key}.discarded"));
         fs::rename(&dir, &trash).map_err(EngineError::io(&dir))?;
-        fs::remove_dir_all(&trash).map_err(EngineError::io(&trash))
+        remove_any(&trash)
+    }
+
+    /// Temporary folders (and stray files) under `tmp/` that no live run owns:
+    /// left by killed or aborted runs. A run owns them while it holds its key's lock.
+    pub fn stale_tmp(&self) -> Result<Vec<PathBuf>, EngineError> {
+        let tmp = self.root.join("tmp");
+        let mut stale = Vec::new();
+        for e in fs::read_dir(&tmp).map_err(EngineError::io(&tmp))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.split('.').next().unwrap_or_default();
+            let lock_path = self.root.join("locks").join(format!("{key}.lock"));
+            let free = match fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path) {
+                Ok(f) => f.try_lock().is_ok(),
+                // No lock file can be made for this name (not a key): nobody owns it.
+                Err(_) => true,
+            };
+            if free {
+                stale.push(e.path());
+            }
+        }
+        stale.sort();
+        Ok(stale)
+    }
+
+    /// Removes what [`Cache::stale_tmp`] lists; returns what was removed.
+    pub fn remove_stale_tmp_all(&self) -> Result<Vec<PathBuf>, EngineError> {
+        let stale = self.stale_tmp()?;
+        for p in &stale {
+            remove_any(p)?;
+        }
+        Ok(stale)
     }
 
     /// Takes the per-key lock, blocking while another process computes the key.
@@ -195,8 +230,7 @@ impl Cache {
         let prefix = format!("{key}.");
         for e in fs::read_dir(&tmp).map_err(EngineError::io(&tmp))?.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let p = e.path();
-                fs::remove_dir_all(&p).map_err(EngineError::io(&p))?;
+                remove_any(&e.path())?;
             }
         }
         Ok(())
@@ -211,7 +245,7 @@ impl Cache {
     pub fn begin(&self, key: &str) -> Result<PendingEntry, EngineError> {
         let dir = self.fresh_tmp_path(key);
         fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
-        Ok(PendingEntry { dir, final_dir: self.entry_dir(key), committed: false })
+        Ok(PendingEntry { dir, final_dir: self.entry_dir(key), committed: false, replace: false })
     }
 
     pub fn write_index(&self, pipeline: &str, profile: &str, stage: &str, rec: &IndexRecord) -> Result<(), EngineError> {
@@ -226,7 +260,8 @@ impl Cache {
     }
 
     fn index_path(&self, pipeline: &str, profile: &str, stage: &str) -> PathBuf {
-        self.root.join("index").join(sanitize(pipeline)).join(sanitize(profile)).join(format!("{}.json", sanitize(stage)))
+        use crate::limits::file_name_component as name;
+        self.root.join("index").join(name(pipeline)).join(name(profile)).join(format!("{}.json", name(stage)))
     }
 
     /// All entry keys present.
@@ -271,13 +306,41 @@ impl Cache {
                 let lock_path = self.root.join("locks").join(format!("{key}.lock"));
                 if let Ok(f) = fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path)
                     && f.try_lock().is_ok() {
-                        let p = e.path();
-                        let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                        let _ = remove_any(&e.path());
                     }
             }
         }
+        self.remove_stale_tmp_all()?;
         Ok(removed)
     }
+}
+
+/// Removes a directory tree, a file or a link.
+fn remove_any(p: &Path) -> Result<(), EngineError> {
+    let res = match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    res.map_err(EngineError::io(p))
+}
+
+/// Swaps the paths `a` and `b` in one step, where the platform can; returns
+/// false where it cannot (then the caller moves them one after the other).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// Whether `path` names the open `file` (not a file created after it was deleted).
@@ -305,11 +368,21 @@ pub struct PendingEntry {
     dir: PathBuf,
     final_dir: PathBuf,
     committed: bool,
+    /// Replace an existing entry (a forced rerun) instead of keeping it.
+    replace: bool,
 }
 
 impl PendingEntry {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes [`PendingEntry::commit`] replace an entry already present (a
+    /// forced rerun) in one step: readers find either the old entry or the new
+    /// one at its path, never none, and files they opened stay readable.
+    pub fn replacing(mut self) -> Self {
+        self.replace = true;
+        self
     }
 
     /// Hashes every file, writes `meta.json`, and publishes the entry by an
@@ -321,7 +394,21 @@ impl PendingEntry {
         let mut f = fs::File::create(&meta_path).map_err(EngineError::io(&meta_path))?;
         f.write_all(&json).and_then(|_| f.sync_all()).map_err(EngineError::io(&meta_path))?;
         sync_dir(&self.dir);
-        if self.final_dir.exists() {
+        let present = fs::symlink_metadata(&self.final_dir).is_ok();
+        if present && self.replace {
+            if exchange(&self.dir, &self.final_dir).map_err(EngineError::io(&self.final_dir))? {
+                // The old entry now sits at our temporary path.
+                remove_any(&self.dir)?;
+            } else {
+                let old = self.dir.with_extension("replaced");
+                fs::rename(&self.final_dir, &old).map_err(EngineError::io(&self.final_dir))?;
+                fs::rename(&self.dir, &self.final_dir).map_err(EngineError::io(&self.final_dir))?;
+                remove_any(&old)?;
+            }
+            if let Some(parent) = self.final_dir.parent() {
+                sync_dir(parent);
+            }
+        } else if present {
             // Someone committed the same key meanwhile (it is the same content): keep theirs.
             fs::remove_dir_all(&self.dir).map_err(EngineError::io(&self.dir))?;
         } else {
@@ -418,6 +505,3 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     res.map_err(EngineError::io(path))
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=".contains(c) { c } else { '_' }).collect()
-}

@@ -86,6 +86,10 @@ pub struct StageContext {
     pub(crate) tables: BTreeMap<String, TableMeta>,
     pub(crate) info: BTreeMap<String, serde_json::Value>,
     pub(crate) show_progress: bool,
+    /// The swept params of this instance, written as columns into its tables.
+    pub(crate) sweep: BTreeMap<String, serde_json::Value>,
+    /// The tables the kind declares (empty: not declared).
+    pub(crate) declared: Vec<crate::registry::TableDoc>,
 }
 
 impl StageContext {
@@ -126,11 +130,55 @@ impl StageContext {
     }
 
     /// Stores a table; `columns` gives each column's definition and unit, and is
-    /// written both into the parquet metadata and into `meta.json`.
+    /// written both into the parquet metadata and into `meta.json`. The
+    /// instance's swept params are added as columns (when the table lacks them).
+    /// A kind that declares its tables ([`crate::Stage::tables`]) must write
+    /// exactly the declared columns; their declared definitions fill in any not
+    /// given here, so every column is defined.
     pub fn put_table(&mut self, name: &str, df: &mut DataFrame, columns: &[(&str, &str)]) -> Result<(), EngineError> {
         let file = format!("{name}.parquet");
         let path = self.out_dir.join(&file);
-        let columns: BTreeMap<String, String> = columns.iter().map(|(c, d)| (c.to_string(), d.to_string())).collect();
+        let mut columns: BTreeMap<String, String> = columns.iter().map(|(c, d)| (c.to_string(), d.to_string())).collect();
+        let undeclared = |message: String| EngineError::WriteTable {
+            path: path.clone(),
+            table: name.into(),
+            source: polars::error::PolarsError::SchemaMismatch(message.into()),
+        };
+        if !self.declared.is_empty() {
+            let Some(doc) = self.declared.iter().find(|t| t.name == name) else {
+                return Err(undeclared(format!("the kind does not declare a table `{name}`")));
+            };
+            let written: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
+            let missing: Vec<&str> = doc.column_names().into_iter().filter(|c| !written.iter().any(|w| w == c)).collect();
+            let extra: Vec<&str> = written.iter().map(String::as_str).filter(|w| !doc.has_column(w)).collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                return Err(undeclared(format!(
+                    "table `{name}` differs from its declaration: missing [{}], undeclared [{}]",
+                    missing.join(", "),
+                    extra.join(", ")
+                )));
+            }
+            for (c, d) in &doc.columns {
+                columns.entry(c.clone()).or_insert_with(|| d.clone());
+            }
+        }
+        let n = df.height();
+        for (param, value) in &self.sweep {
+            if df.get_column_names().iter().any(|c| c.as_str() == param) {
+                continue;
+            }
+            let col: Column = match value {
+                serde_json::Value::Number(x) => Column::new(param.into(), vec![x.as_f64().unwrap_or(f64::NAN); n]),
+                serde_json::Value::String(s) => Column::new(param.into(), vec![s.clone(); n]),
+                other => Column::new(param.into(), vec![other.to_string(); n]),
+            };
+            df.with_column(col).map_err(|source| EngineError::WriteTable {
+                path: path.clone(),
+                table: name.into(),
+                source,
+            })?;
+            columns.entry(param.clone()).or_insert_with(|| format!("swept parameter `{param}` of this instance"));
+        }
         let kv = vec![
             ("e2h.stage".to_string(), self.name.clone()),
             ("e2h.columns".to_string(), serde_json::to_string(&columns).expect("strings serialize")),

@@ -54,6 +54,12 @@ pub enum EngineError {
     NoSuchTable { stage: String, input: String, table: String },
     #[error("cannot adopt an entry for stage `{stage}`: {reason}")]
     Adopt { stage: String, reason: String },
+    /// A publish target that resolves outside the output folder (through a
+    /// symbolic link, say) or into the cache.
+    #[error("refusing to publish to {path}: {reason}")]
+    PublishOutside { path: PathBuf, reason: String },
+    #[error("no stage named `{name}` in this pipeline; its stages: {known}")]
+    UnknownStage { name: String, known: String },
     #[error("cannot publish {from} to {to}: {source}")]
     Publish { from: PathBuf, to: PathBuf, source: std::io::Error },
 }

@@ -13,6 +13,7 @@ pub mod adopt;
 pub mod cache;
 pub mod check;
 pub mod context;
+pub mod limits;
 pub mod plan;
 pub mod registry;
 pub mod resources;
@@ -25,7 +26,9 @@ pub use cache::{Cache, EntryStatus};
 pub use context::{StageContext, UpstreamEntry};
 pub use error::{EngineError, Located, StageError};
 pub use plan::{Plan, PlannedStage};
-pub use registry::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage};
+pub use registry::{
+    CodeFingerprints, Footprint, InputArity, InputTables, KindDoc, ParamDoc, ParamIssue, Registry, Stage, TableDoc,
+};
 pub use resources::Resources;
 pub use runner::{RunOptions, RunReport, Runner, StageOutcome};
 pub use spec::PipelineSpec;

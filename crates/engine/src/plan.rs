@@ -63,6 +63,7 @@ impl Plan {
     /// and builds the plan. Every error is located in the pipeline file.
     pub fn build(spec: &PipelineSpec, registry: &Registry, profile: Option<&str>) -> Result<Plan, EngineError> {
         let file = &spec.file;
+        check_names(spec)?;
         let profile = profile.or(file.default_profile.as_deref()).unwrap_or(DEFAULT_PROFILE).to_string();
         let overrides = match file.profiles.get(&profile) {
             Some(p) => Some(p),
@@ -140,6 +141,9 @@ impl Plan {
 
         let mut stages: Vec<PlannedStage> = Vec::new();
         let mut instances: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        count_instances(spec, overrides, &profile)?;
+        // Publish target -> (instance name, where it was declared), for collisions.
+        let mut targets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
         for name in order {
             let decl = &file.stages[name];
             let ov = overrides.and_then(|p| p.stages.get(name));
@@ -174,14 +178,17 @@ impl Plan {
                 origin.insert(param.clone(), sweep_origin.clone());
             }
             let seed = ov.and_then(|o| o.seed).unwrap_or(decl.seed);
-            let publish = match ov.and_then(|o| o.publish.clone()) {
-                Some(p) => p,
-                None => decl.publish.clone(),
+            let (publish, publish_origin) = match ov.and_then(|o| o.publish.clone()) {
+                Some(p) => (p, vec!["profiles".into(), profile.clone(), "stages".into(), name.into(), "publish".into()]),
+                None => (decl.publish.clone(), vec!["stages".into(), name.into(), "publish".into()]),
             };
             let declared_resources = match ov {
                 Some(ov) => decl.resources.overlay(&ov.resources),
                 None => decl.resources.clone(),
             };
+            if let Some(stem) = &publish {
+                crate::limits::check_publish_stem(stem).map_err(|why| spec.error_at(&as_strs(&publish_origin), why))?;
+            }
 
             let mut idx = Vec::new();
             // Cache key -> (instance name, sweep point) of this stage's instances.
@@ -191,7 +198,7 @@ impl Plan {
                 for (k, v) in &point {
                     p.insert(Value::String(k.clone()), v.clone());
                 }
-                let canonical = kind.canonicalize(Value::Mapping(p)).map_err(|issue| {
+                let locate_issue = |issue: crate::registry::ParamIssue| {
                     let top = issue.field.split('.').next().unwrap_or_default().to_string();
                     let mut at = origin
                         .get(&top)
@@ -199,7 +206,30 @@ impl Plan {
                         .unwrap_or_else(|| vec!["stages".into(), name.into(), "params".into()]);
                     at.extend(issue.field.split('.').filter(|s| !s.is_empty()).map(String::from));
                     spec.error_at(&as_strs(&at), issue.message)
-                })?;
+                };
+                let (canonical, footprint) = kind.canonicalize(Value::Mapping(p)).map_err(&locate_issue)?;
+                // What the inputs will hold, as their kinds declare it: checked now,
+                // not after the upstream simulations ran.
+                let mut input_tables = crate::registry::InputTables::new();
+                for (input, upstream) in &decl.inputs {
+                    let up_kind = registry.get(&file.stages[upstream].kind).expect("checked above");
+                    let mut tables = up_kind.tables();
+                    if tables.is_empty() {
+                        input_tables.insert(input.clone(), None);
+                        continue;
+                    }
+                    let swept: BTreeSet<&String> =
+                        instances[upstream.as_str()].iter().flat_map(|&i| stages[i].sweep.keys()).collect();
+                    for t in &mut tables {
+                        for param in &swept {
+                            if !t.has_column(param) {
+                                t.columns.push(((*param).clone(), format!("swept parameter `{param}`")));
+                            }
+                        }
+                    }
+                    input_tables.insert(input.clone(), Some(tables));
+                }
+                kind.check_inputs(&canonical, &input_tables).map_err(&locate_issue)?;
                 let sweep_json: BTreeMap<String, serde_json::Value> = point
                     .iter()
                     .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
@@ -246,6 +276,43 @@ impl Plan {
                         format!("sweep over `{param}` repeats a value: `{other}` and `{instance_name}` have the same parameters"),
                     ));
                 }
+                if footprint.bytes > crate::limits::STAGE_MEMORY_BUDGET || footprint.bytes.is_nan() {
+                    let at = if sweep.is_empty() {
+                        vec!["stages".into(), name.into(), "params".into()]
+                    } else {
+                        sweep_origin.clone()
+                    };
+                    return Err(spec.error_at(
+                        &as_strs(&at),
+                        format!(
+                            "stage `{instance_name}` would allocate about {} ({}), more than the budget of {} per stage; \
+                             reduce its size params",
+                            human_bytes(footprint.bytes),
+                            footprint.what,
+                            human_bytes(crate::limits::STAGE_MEMORY_BUDGET)
+                        ),
+                    ));
+                }
+                // A swept stage publishes one file per instance, named after its sweep point.
+                let publish = publish.as_ref().map(|stem| {
+                    if point.is_empty() {
+                        stem.clone()
+                    } else {
+                        let suffix = instance_name[name.len()..].trim_start_matches('[').trim_end_matches(']');
+                        format!("{stem}-{}", crate::limits::file_name_component(suffix))
+                    }
+                });
+                if let Some(target) = &publish {
+                    if let Some((other, _)) = targets.get(target) {
+                        return Err(spec.error_at(
+                            &as_strs(&publish_origin),
+                            format!(
+                                "stages `{other}` and `{instance_name}` would both publish `{target}`; give one of them another `publish:`"
+                            ),
+                        ));
+                    }
+                    targets.insert(target.clone(), (instance_name.clone(), publish_origin.clone()));
+                }
                 seen.insert(key.clone(), (instance_name.clone(), point.clone()));
                 idx.push(stages.len());
                 stages.push(PlannedStage {
@@ -259,13 +326,82 @@ impl Plan {
                     sweep: sweep_json,
                     inputs,
                     key,
-                    publish: publish.clone(),
+                    publish,
                     resources,
                 });
             }
             instances.insert(name, idx);
         }
         Ok(Plan { pipeline: file.name.clone(), profile, stages })
+    }
+}
+
+/// Pipeline, profile and stage names become file names (cache index, baselines,
+/// published figures): they must be plain names.
+fn check_names(spec: &PipelineSpec) -> Result<(), EngineError> {
+    let file = &spec.file;
+    crate::limits::check_name(&file.name)
+        .map_err(|why| spec.error_at(&["name"], format!("pipeline name `{}` {why}", file.name.escape_default())))?;
+    for p in file.profiles.keys() {
+        crate::limits::check_name(p)
+            .map_err(|why| spec.error_at(&["profiles", p], format!("profile name `{}` {why}", p.escape_default())))?;
+    }
+    if let Some(p) = &file.default_profile {
+        crate::limits::check_name(p).map_err(|why| {
+            spec.error_at(&["default_profile"], format!("profile name `{}` {why}", p.escape_default()))
+        })?;
+    }
+    for s in file.stages.keys() {
+        crate::limits::check_name(s)
+            .map_err(|why| spec.error_at(&["stages", s], format!("stage name `{}` {why}", s.escape_default())))?;
+    }
+    Ok(())
+}
+
+/// Refuses a plan of more than [`crate::limits::MAX_INSTANCES`] instances
+/// before building any (three sweeps of 1,000 values are 10^9 instances).
+fn count_instances(
+    spec: &PipelineSpec,
+    overrides: Option<&crate::spec::ProfileDecl>,
+    profile: &str,
+) -> Result<(), EngineError> {
+    let limit = crate::limits::MAX_INSTANCES;
+    let mut total: u64 = 0;
+    let mut largest: Option<(&str, u64, bool)> = None;
+    for (name, decl) in &spec.file.stages {
+        let ov = overrides.and_then(|p| p.stages.get(name)).and_then(|o| o.sweep.as_ref());
+        let sweep = ov.unwrap_or(&decl.sweep);
+        let count = sweep.values().try_fold(1u64, |acc, v| acc.checked_mul(v.len() as u64)).unwrap_or(u64::MAX);
+        total = total.saturating_add(count);
+        if largest.is_none_or(|(_, c, _)| count > c) {
+            largest = Some((name, count, ov.is_some()));
+        }
+    }
+    if total <= limit {
+        return Ok(());
+    }
+    let (name, count, overridden) = largest.expect("a plan over the limit has stages");
+    let at: Vec<&str> =
+        if overridden { vec!["profiles", profile, "stages", name, "sweep"] } else { vec!["stages", name, "sweep"] };
+    let show = |n: u64| if n == u64::MAX { "more than 10^19".to_string() } else { n.to_string() };
+    Err(spec.error_at(
+        &at,
+        format!(
+            "the sweeps expand to {} stage instances ({} of them from stage `{name}`), more than the limit of {limit}",
+            show(total),
+            show(count)
+        ),
+    ))
+}
+
+fn human_bytes(b: f64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    if b >= 1024.0 * GIB {
+        format!("{:.3e} bytes", b)
+    } else if b >= GIB {
+        format!("{:.1} GiB", b / GIB)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
     }
 }
 

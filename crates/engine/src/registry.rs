@@ -43,6 +43,91 @@ pub fn changed_units(old: &CodeFingerprints, new: &CodeFingerprints) -> Vec<Stri
     units
 }
 
+/// What one stage instance will allocate, estimated from its params before it
+/// runs, so that the planner can refuse a pipeline beyond the budget
+/// ([`crate::limits::STAGE_MEMORY_BUDGET`]) before anything is computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Footprint {
+    /// Estimated peak bytes (f64: estimates of absurd params must not overflow).
+    pub bytes: f64,
+    /// How the estimate was made, in terms of the params, e.g.
+    /// `d x replicas x neurons x 8 B + replicas x grid_points x 200 B`.
+    pub what: String,
+}
+
+impl Footprint {
+    pub fn new(bytes: f64, what: impl Into<String>) -> Self {
+        Footprint { bytes, what: what.into() }
+    }
+
+    /// A kind whose allocation does not grow with its params.
+    pub fn small() -> Self {
+        Footprint { bytes: 0.0, what: String::new() }
+    }
+}
+
+/// One parameter of a kind, for `cargo xtask kinds`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamDoc {
+    pub name: &'static str,
+    /// e.g. `integer`, `number`, `string`, `tanh2 | relu | linear`.
+    pub ty: &'static str,
+    /// The default as written in YAML; empty when the param is required.
+    pub default: &'static str,
+    /// Accepted values, e.g. `2..=1048576`, `(0, 1000]`.
+    pub range: &'static str,
+    pub meaning: &'static str,
+}
+
+impl ParamDoc {
+    pub const fn new(
+        name: &'static str,
+        ty: &'static str,
+        default: &'static str,
+        range: &'static str,
+        meaning: &'static str,
+    ) -> Self {
+        ParamDoc { name, ty, default, range, meaning }
+    }
+}
+
+/// A table a kind writes, with the definition (and unit) of every column.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TableDoc {
+    pub name: String,
+    pub columns: Vec<(String, String)>,
+}
+
+impl TableDoc {
+    pub fn new(name: &str, columns: &[(&str, &str)]) -> Self {
+        TableDoc { name: name.into(), columns: columns.iter().map(|(c, d)| (c.to_string(), d.to_string())).collect() }
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        self.columns.iter().map(|(c, _)| c.as_str()).collect()
+    }
+
+    pub fn has_column(&self, name: &str) -> bool {
+        self.columns.iter().any(|(c, _)| c == name)
+    }
+}
+
+/// The tables each input of a stage instance will see, as its upstream kind
+/// declares them (swept params of the upstream included as columns); `None`
+/// for an input whose kind declares no tables.
+pub type InputTables = BTreeMap<String, Option<Vec<TableDoc>>>;
+
+/// Everything `cargo xtask kinds KIND` prints.
+#[derive(Debug, Clone)]
+pub struct KindDoc {
+    pub kind: &'static str,
+    pub version: &'static str,
+    pub about: &'static str,
+    pub inputs: InputArity,
+    pub params: Vec<ParamDoc>,
+    pub tables: Vec<TableDoc>,
+}
+
 /// Which upstream inputs a kind accepts.
 #[derive(Debug, Clone, Copy)]
 pub enum InputArity {
@@ -73,6 +158,27 @@ pub trait Stage: Send + Sync + 'static {
         CodeFingerprints::new()
     }
 
+    /// One line on what the kind computes.
+    const ABOUT: &'static str = "";
+
+    /// Its params (name, type, default, range, meaning), for `cargo xtask kinds`.
+    fn param_docs() -> Vec<ParamDoc> {
+        Vec::new()
+    }
+
+    /// The tables it writes with every column's definition. A kind that
+    /// declares them gets its columns checked when it stores a table, and its
+    /// downstream stages checked against them at plan time.
+    fn tables() -> Vec<TableDoc> {
+        Vec::new()
+    }
+
+    /// Checks the params against what the inputs will hold (table and column
+    /// names), at plan time, before anything runs.
+    fn check_inputs(_params: &Self::Params, _inputs: &InputTables) -> Result<(), ParamIssue> {
+        Ok(())
+    }
+
     /// Checks beyond types: ranges and consistency.
     fn validate(_params: &Self::Params) -> Result<(), ParamIssue> {
         Ok(())
@@ -84,6 +190,13 @@ pub trait Stage: Send + Sync + 'static {
         Resources::default()
     }
 
+    /// What an instance with these params will allocate (checked against the
+    /// budget at plan time, `--dry-run` included). Kinds whose memory grows with
+    /// their params must say so.
+    fn footprint(_params: &Self::Params) -> Footprint {
+        Footprint::small()
+    }
+
     fn run(&self, params: Self::Params, ctx: &mut StageContext) -> Result<(), StageError>;
 }
 
@@ -92,9 +205,12 @@ pub(crate) trait DynStage: Send + Sync {
     fn version(&self) -> &'static str;
     fn code(&self) -> &CodeFingerprints;
     fn inputs(&self) -> InputArity;
-    fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue>;
+    fn canonicalize(&self, params: serde_yaml::Value) -> Result<(serde_json::Value, Footprint), ParamIssue>;
     fn resources(&self, params: &serde_json::Value) -> Resources;
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError>;
+    fn tables(&self) -> Vec<TableDoc>;
+    fn check_inputs(&self, params: &serde_json::Value, inputs: &InputTables) -> Result<(), ParamIssue>;
+    fn doc(&self) -> KindDoc;
 }
 
 struct Typed<S: Stage> {
@@ -112,7 +228,7 @@ impl<S: Stage> DynStage for Typed<S> {
     fn inputs(&self) -> InputArity {
         S::INPUTS
     }
-    fn canonicalize(&self, params: serde_yaml::Value) -> Result<serde_json::Value, ParamIssue> {
+    fn canonicalize(&self, params: serde_yaml::Value) -> Result<(serde_json::Value, Footprint), ParamIssue> {
         let typed: S::Params = serde_path_to_error::deserialize(params).map_err(|e| {
             let mut field = path_segments(&e.path().to_string());
             let message = e.inner().to_string();
@@ -134,7 +250,7 @@ impl<S: Stage> DynStage for Typed<S> {
         }
         let json = serde_json::to_value(&typed)
             .map_err(|e| ParamIssue::new("", format!("parameters do not serialize: {e}")))?;
-        Ok(sort_keys(json))
+        Ok((sort_keys(json), S::footprint(&typed)))
     }
     fn resources(&self, params: &serde_json::Value) -> Resources {
         // Canonical params always deserialize (they were serialized from this type).
@@ -143,6 +259,24 @@ impl<S: Stage> DynStage for Typed<S> {
     fn run(&self, params: &serde_json::Value, ctx: &mut StageContext) -> Result<(), StageError> {
         let typed: S::Params = serde_json::from_value(params.clone())?;
         self.stage.run(typed, ctx)
+    }
+    fn tables(&self) -> Vec<TableDoc> {
+        S::tables()
+    }
+    fn check_inputs(&self, params: &serde_json::Value, inputs: &InputTables) -> Result<(), ParamIssue> {
+        let typed: S::Params =
+            serde_json::from_value(params.clone()).map_err(|e| ParamIssue::new("", format!("params: {e}")))?;
+        S::check_inputs(&typed, inputs)
+    }
+    fn doc(&self) -> KindDoc {
+        KindDoc {
+            kind: S::KIND,
+            version: S::VERSION,
+            about: S::ABOUT,
+            inputs: S::INPUTS,
+            params: S::param_docs(),
+            tables: S::tables(),
+        }
     }
 }
 
@@ -224,6 +358,11 @@ impl Registry {
     /// The code fingerprints of a registered kind.
     pub fn code_of(&self, kind: &str) -> Option<&CodeFingerprints> {
         self.kinds.get(kind).map(|k| k.code())
+    }
+
+    /// What `cargo xtask kinds` prints about `kind`.
+    pub fn describe(&self, kind: &str) -> Option<KindDoc> {
+        self.kinds.get(kind).map(|k| k.doc())
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn DynStage>> {

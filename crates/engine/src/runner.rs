@@ -111,6 +111,13 @@ impl<'a> Runner<'a> {
     }
 
     pub fn run(&self, plan: &Plan) -> Result<RunReport, EngineError> {
+        for name in &self.options.force {
+            if !plan.stages.iter().any(|s| &s.decl == name) {
+                let mut known: Vec<&str> = plan.stages.iter().map(|s| s.decl.as_str()).collect();
+                known.dedup();
+                return Err(EngineError::UnknownStage { name: name.clone(), known: known.join(", ") });
+            }
+        }
         let mut report = RunReport::default();
         let mut metas: Vec<Option<EntryMeta>> = vec![None; plan.stages.len()];
         // Stages whose entry is recomputed because it, or an upstream entry, was
@@ -194,7 +201,8 @@ impl<'a> Runner<'a> {
                 for (stage, meta) in plan.stages.iter().zip(&metas) {
                     if let (Some(stem), Some(meta)) = (&stage.publish, meta) {
                         let stem = format!("{stem}{}", self.options.publish_suffix);
-                        report.published.extend(publish(self.cache, meta, &root.join(stem))?);
+                        let target = confined_target(root, self.cache.root(), &stem)?;
+                        report.published.extend(publish(self.cache, meta, &target)?);
                     }
                 }
             }
@@ -321,9 +329,13 @@ impl<'a> Runner<'a> {
             tracing::info!("{}: computed meanwhile by another run", stage.name);
             return Ok((*meta, false));
         }
-        self.cache.discard(&stage.key).map_err(&entry_write)?;
+        // A forced rerun keeps the old entry until the new one replaces it in one
+        // step: another process may be reading it. A corrupt one goes now.
+        if !matches!(self.cache.status(&stage.key), EntryStatus::Valid(_)) {
+            self.cache.discard(&stage.key).map_err(&entry_write)?;
+        }
         let kind = self.registry.get(&stage.kind).expect("plan only holds registered kinds");
-        let pending = self.cache.begin(&stage.key).map_err(&entry_write)?;
+        let pending = self.cache.begin(&stage.key).map_err(&entry_write)?.replacing();
         let inputs: BTreeMap<String, Vec<UpstreamEntry>> = stage
             .inputs
             .iter()
@@ -352,6 +364,8 @@ impl<'a> Runner<'a> {
             tables: BTreeMap::new(),
             info: BTreeMap::new(),
             show_progress: self.options.show_progress,
+            sweep: stage.sweep.clone(),
+            declared: kind.tables(),
         };
         tracing::info!("{}: running ({})", stage.name, stage.kind);
         let started_at = SystemTime::now();
@@ -425,6 +439,35 @@ fn diff_params(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> 
         _ if old != new => vec!["params".into()],
         _ => vec![],
     }
+}
+
+/// `root/stem`, once its folder exists and is checked to resolve (symbolic
+/// links followed) inside `root/figures` and outside the cache. The planner
+/// checked the stem's spelling; this catches links and a cache kept in figures/.
+fn confined_target(root: &Path, cache_root: &Path, stem: &str) -> Result<PathBuf, EngineError> {
+    let target = root.join(stem);
+    let outside = |reason: String| EngineError::PublishOutside { path: target.clone(), reason };
+    if !crate::limits::is_plain_relative_path(stem) || !stem.starts_with(&format!("{}/", crate::limits::OUTPUT_DIR)) {
+        return Err(outside(format!("`{stem}` is not a path under {}/", crate::limits::OUTPUT_DIR)));
+    }
+    let out_dir = root.join(crate::limits::OUTPUT_DIR);
+    let parent = target.parent().expect("a stem under the output folder has a parent");
+    std::fs::create_dir_all(parent).map_err(EngineError::io(parent))?;
+    let canonical_out = out_dir.canonicalize().map_err(EngineError::io(&out_dir))?;
+    let canonical_root = root.canonicalize().map_err(EngineError::io(root))?;
+    let canonical_parent = parent.canonicalize().map_err(EngineError::io(parent))?;
+    if !canonical_out.starts_with(&canonical_root) {
+        return Err(outside(format!("{} resolves to {}, outside the project", out_dir.display(), canonical_out.display())));
+    }
+    if !canonical_parent.starts_with(&canonical_out) {
+        return Err(outside(format!("its folder resolves to {}, outside {}", canonical_parent.display(), canonical_out.display())));
+    }
+    if let Ok(cache) = cache_root.canonicalize()
+        && (canonical_parent.starts_with(&cache) || cache.starts_with(&canonical_parent))
+    {
+        return Err(outside(format!("its folder {} holds the cache {}", canonical_parent.display(), cache.display())));
+    }
+    Ok(target)
 }
 
 /// Copies the entry's non-table files to `stem.<ext>` (a file named

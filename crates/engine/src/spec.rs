@@ -160,6 +160,42 @@ fn find_bad_merge(v: &Value, at: &mut Vec<String>) -> bool {
     }
 }
 
+/// The 1-based position where flow collections (`[`, `{`) first nest deeper
+/// than `max`, if they do. Quoted scalars and comments are skipped; a quote
+/// opens a scalar only where a scalar can start (after `[{,:-`, a space or
+/// at the start of a line), so `don't` in a plain scalar is no quote.
+fn too_deep(source: &str, max: usize) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    for (i, line) in source.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        let mut chars = line.char_indices().peekable();
+        while let Some((col, c)) = chars.next() {
+            match quote {
+                Some('"') if c == '\\' => {
+                    chars.next();
+                }
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev.is_whitespace() => break,
+                    '\'' | '"' if prev.is_whitespace() || "[{,:-".contains(prev) => quote = Some(c),
+                    '[' | '{' => {
+                        depth += 1;
+                        if depth > max {
+                            return Some((i + 1, col + 1));
+                        }
+                    }
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
 fn some_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
@@ -180,6 +216,16 @@ impl PipelineSpec {
     }
 
     pub fn parse(path: &Path, source: String) -> Result<Self, EngineError> {
+        // Deep nesting is refused before the YAML parser sees it: its time grows
+        // with the square of the depth there (200 KB of `[` took 30 s).
+        if let Some((line, col)) = too_deep(&source, crate::limits::MAX_YAML_DEPTH) {
+            return Err(EngineError::located(
+                path,
+                (line, col),
+                "",
+                format!("collections nested more than {} deep", crate::limits::MAX_YAML_DEPTH),
+            ));
+        }
         // Syntax first (serde_yaml locates those), then YAML merge keys (`<<: *anchor`),
         // then the typed structure, located through the path of the failing field.
         let mut value: Value = serde_yaml::from_str(&source).map_err(|e| {

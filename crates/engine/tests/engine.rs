@@ -427,11 +427,11 @@ stages:
     seed: 1
     params: {n: 4, scale: 0.5}
     sweep: {label: [a, b]}
-    publish: figs/nums
+    publish: figures/nums
   total:
     kind: toy.sum
     inputs: {xs: nums}
-    publish: figs/total
+    publish: figures/total
 profiles:
   ci:
     description: smaller
@@ -457,7 +457,7 @@ fn profiles_override_params_seed_sweep_and_publish() {
     let names: Vec<&str> = default.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["nums[label=a]", "nums[label=b]", "total"]);
     assert!(default.instances_of("nums").all(|s| s.seed == 1 && s.params["n"] == 4));
-    assert_eq!(default.stages[2].publish.as_deref(), Some("figs/total"));
+    assert_eq!(default.stages[2].publish.as_deref(), Some("figures/total"));
 
     let ci = sb.plan(PROFILED, Some("ci"));
     assert_eq!(ci.profile, "ci");
@@ -468,7 +468,7 @@ fn profiles_override_params_seed_sweep_and_publish() {
         assert_eq!(s.params["n"], n);
         assert_eq!(s.params["scale"], 0.5, "params not overridden are kept");
         assert_eq!(s.params["label"], "", "the stage's sweep is replaced, not merged");
-        assert_eq!(s.publish.as_deref(), Some("figs/nums"));
+        assert_eq!(s.publish, Some(format!("figures/nums-n={n}")), "a swept stage publishes one file per instance");
     }
     assert_eq!(ci.stages[3].publish, None, "`publish: null` in a profile publishes nothing");
 
@@ -497,7 +497,7 @@ fn publish_copies_figures_next_to_the_project() {
     let root = sb.path().join("project");
     let opts = RunOptions { publish_root: Some(root.clone()), publish_suffix: "-paper".into(), ..Default::default() };
     let report = sb.run_opts(&sb.registry, &plan, opts.clone());
-    let expected = root.join("figs/total-paper.txt");
+    let expected = root.join("figures/total-paper.txt");
     assert_eq!(report.published, std::slice::from_ref(&expected), "tables are not published, figures are");
     let text = fs::read_to_string(&expected).unwrap();
     assert!(text.starts_with("total = "), "{text}");
@@ -680,7 +680,9 @@ fn gc_keeps_referenced_keys_and_removes_the_rest() {
         assert!(matches!(sb.cache.status(k), EntryStatus::Valid(_)), "gc damaged a kept entry");
     }
     assert!(!root.join("tmp").join(format!("{fake}.999999.0")).exists(), "stray tmp dir kept");
-    assert!(root.join("tmp").join(format!("{kept_key}.999999.0")).exists(), "tmp dir of a kept key removed");
+    // No run holds the kept key's lock: its tmp dir is a killed run's leftover
+    // (its scratch dir, resumable state, is what is kept).
+    assert!(!root.join("tmp").join(format!("{kept_key}.999999.0")).exists(), "leftover tmp dir of a kept key kept");
     assert!(!sb.cache.scratch_dir(&key(&old, "nums")).exists());
     assert!(sb.cache.scratch_dir(&kept_key).exists());
     assert!(live_tmp.exists(), "gc removed the tmp dir of a run holding its lock");

@@ -140,7 +140,7 @@ stages:
     kind: toy.sum
     inputs: {xs: nums}
     params: {column: x}
-    publish: figs/total
+    publish: figures/total
   all:
     kind: toy.collect
     inputs:
