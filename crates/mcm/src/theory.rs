@@ -147,6 +147,9 @@ struct Stepper<'a> {
     /// Next trial step.
     h: f64,
     atol: f64,
+    /// The step size underflowed (an extreme learning rate): the overlaps are
+    /// unknown (NaN) from here on, and the integrator jumps to the end.
+    failed: bool,
 }
 
 /// ode23s constants: d = 1/(2 + sqrt 2), e32 = 6 + sqrt 2.
@@ -178,6 +181,7 @@ impl<'a> Stepper<'a> {
             f,
             h,
             atol,
+            failed: false,
         }
     }
 
@@ -242,6 +246,11 @@ impl<'a> Stepper<'a> {
 
     /// Takes one accepted step, not beyond `n_end`; returns its size.
     fn step_once(&mut self, n_end: f64) -> f64 {
+        if self.failed {
+            let h = n_end - self.n;
+            self.n = n_end;
+            return h;
+        }
         let jac = self.jacobian();
         loop {
             let h = self.h.min(n_end - self.n);
@@ -263,11 +272,14 @@ impl<'a> Stepper<'a> {
                 return h;
             }
             self.h = h * factor;
-            assert!(
-                self.h > 1e-12 * self.n.max(1.0),
-                "step size underflow at n = {}",
-                self.n
-            );
+            if !(self.h > 1e-12 * self.n.max(1.0)) {
+                // Step size underflow: no trajectory to report, but no panic either.
+                self.failed = true;
+                self.m = [f64::NAN; 2];
+                let h = n_end - self.n;
+                self.n = n_end;
+                return h;
+            }
         }
     }
 
@@ -287,6 +299,7 @@ impl<'a> Stepper<'a> {
             f: self.dynamics.drift(m0),
             h,
             atol: self.atol,
+            failed: false,
         };
         let jac = from.jacobian();
         let (mut lo, mut hi) = (0.0, h);
@@ -319,6 +332,17 @@ mod tests {
 
     fn loss(p: McmParams, t: f64) -> PopulationLoss {
         PopulationLoss::new(p, NoiseLevel::at(t), Activation::Tanh2, 1.0)
+    }
+
+    #[test]
+    fn an_extreme_learning_rate_gives_nan_overlaps_not_a_panic() {
+        // delta = 1e7 at d = 16: the step size underflows at once (it used to be an assert).
+        let dynamics = OverlapDynamics::new(loss(params(2.0, 5.0, Coupling::None), 0.3), 16, 1e7, 1.0);
+        let traj = dynamics.trajectory(random_start(16), &[0.0, 10.0, 100.0, 1000.0]);
+        assert_eq!(traj.len(), 4);
+        assert!(traj[3].iter().all(|m| m.is_nan()), "{traj:?}");
+        let n = dynamics.predicted_recovery_time(random_start(16), 0.5, crate::population::Direction::U, 1e4);
+        assert_eq!(n, None);
     }
 
     #[test]
