@@ -19,6 +19,10 @@ pub fn register(r: &mut Registry) {
     r.register(WienerBaseline);
 }
 
+/// Images in CIFAR-10's training and test splits.
+pub const TRAIN_IMAGES: usize = 50_000;
+pub const TEST_IMAGES: usize = 10_000;
+
 /// File of a Gaussian model entry: f64 tensors `mean` [d], `eigenvalues` [d]
 /// and `eigenvectors` [d, d] (row-major, column j the j-th eigenvector).
 pub const MODEL_FILE: &str = "gaussian_model.safetensors";
@@ -38,6 +42,11 @@ pub struct GaussianModelStage;
 impl Stage for GaussianModelStage {
     type Params = GaussianModelParams;
     const KIND: &'static str = "cifar.gaussian_model";
+    const ABOUT: &'static str = "mean, covariance and its eigendecomposition of the CIFAR-10 training images";
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        vec![e2h_engine::ParamDoc::new("train_limit", "integer", "all 50000", "2..=50000", "first training images used")]
+    }
     const VERSION: &'static str = "1";
 
     fn code(&self) -> CodeFingerprints {
@@ -45,8 +54,8 @@ impl Stage for GaussianModelStage {
     }
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
-        if p.train_limit.is_some_and(|n| n < 2) {
-            return Err(ParamIssue::new("train_limit", "at least two training images are needed"));
+        if p.train_limit.is_some_and(|n| !(2..=TRAIN_IMAGES).contains(&n)) {
+            return Err(ParamIssue::new("train_limit", format!("train_limit must lie in 2..={TRAIN_IMAGES}")));
         }
         Ok(())
     }
@@ -142,6 +151,15 @@ pub struct WienerBaseline;
 impl Stage for WienerBaseline {
     type Params = WienerParams;
     const KIND: &'static str = "cifar.wiener_baseline";
+    const ABOUT: &'static str = "the optimal linear (Wiener) denoiser's epsilon-MSE: analytic, on real test images and on surrogate samples";
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        vec![
+            P::new("ts", "list of integers", "the baseline's default noise levels", "1..=1000, at most 1000 values", "DDPM noise levels t (1-based)"),
+            P::new("test_limit", "integer", "all 10000", "1..=10000", "first test images used (and as many surrogate samples)"),
+        ]
+    }
     const VERSION: &'static str = "1";
     const INPUTS: InputArity = InputArity::Exactly(&["model"]);
 
@@ -153,8 +171,11 @@ impl Stage for WienerBaseline {
         if let Some((i, t)) = p.ts.iter().enumerate().find(|(_, t)| **t == 0 || **t > 1000) {
             return Err(ParamIssue::new(format!("ts.{i}"), format!("noise levels are 1..=1000, got {t}")));
         }
-        if p.test_limit == Some(0) {
-            return Err(ParamIssue::new("test_limit", "at least one test image is needed"));
+        if p.test_limit.is_some_and(|n| !(1..=TEST_IMAGES).contains(&n)) {
+            return Err(ParamIssue::new("test_limit", format!("test_limit must lie in 1..={TEST_IMAGES}")));
+        }
+        if p.ts.len() > 1000 {
+            return Err(ParamIssue::new("ts", "at most 1000 noise levels"));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ mod mcm_common;
 pub mod mcm_population;
 pub mod mcm_scaling;
 pub mod mcm_stages;
+mod mcm_tables;
 pub mod plot_stage;
 pub mod unet_stages;
 

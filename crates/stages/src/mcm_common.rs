@@ -135,27 +135,14 @@ pub trait ModelFields {
     /// Range checks of the shared fields.
     fn validate_fields(&self) -> Result<(), ParamIssue> {
         let f = self.fields();
-        if f.d < 2 {
-            return Err(ParamIssue::new("d", format!("d must be at least 2, got {}", f.d)));
-        }
-        if !(f.beta_u >= 0.0 && f.beta_u.is_finite()) {
-            return Err(ParamIssue::new("beta_u", format!("beta_u must be finite and >= 0, got {}", f.beta_u)));
-        }
-        if !(f.beta_v >= 0.0 && f.beta_v.is_finite()) {
-            return Err(ParamIssue::new("beta_v", format!("beta_v must be finite and >= 0, got {}", f.beta_v)));
-        }
-        if !(0.0..=1.0).contains(&f.rho) {
-            return Err(ParamIssue::new("rho", format!("rho must lie in [0, 1], got {}", f.rho)));
-        }
-        if !(f.t > 0.0 && f.t.is_finite()) {
-            return Err(ParamIssue::new("t", format!("t must be positive and finite, got {}", f.t)));
-        }
-        if !f.a.is_finite() {
-            return Err(ParamIssue::new("a", "a must be finite"));
-        }
-        if f.neurons == 0 {
-            return Err(ParamIssue::new("neurons", "at least one neuron is needed"));
-        }
+        count_in("d", f.d as u64, 2, limits::MAX_D)?;
+        in_range("beta_u", f.beta_u, 0.0, limits::MAX_BETA)?;
+        in_range("beta_v", f.beta_v, 0.0, limits::MAX_BETA)?;
+        in_range("rho", f.rho, 0.0, 1.0)?;
+        positive("t", f.t)?;
+        in_range("t", f.t, 0.0, limits::MAX_T)?;
+        in_range("a", f.a, -limits::MAX_SCALE, limits::MAX_SCALE)?;
+        count_in("neurons", f.neurons as u64, 1, limits::MAX_NEURONS)?;
         Ok(())
     }
 }
@@ -176,6 +163,61 @@ pub fn coupling_name(c: CouplingKind) -> String {
     }
 }
 
+/// Ranges of the MCM stages' params: beyond them the simulations would take
+/// forever, overflow their counters, or the quadrature lose all meaning.
+pub mod limits {
+    pub const MAX_D: u64 = 1 << 20;
+    pub const MAX_NEURONS: u64 = 1024;
+    pub const MAX_BETA: f64 = 1e4;
+    pub const MAX_T: f64 = 100.0;
+    pub const MAX_SCALE: f64 = 1e4;
+    /// delta of eta = delta / d^p.
+    pub const MAX_DELTA: f64 = 1e3;
+    pub const MAX_LR_EXPONENT: f64 = 4.0;
+    /// Samples of one run (n_max, a recovery budget).
+    pub const MAX_SAMPLES: f64 = 1e12;
+    pub const MAX_REPLICAS: u64 = 1_000_000;
+    pub const MAX_GRID_POINTS: u64 = 100_000;
+    pub const MAX_TEST_SAMPLES: u64 = 10_000_000;
+}
+
+/// Checks `lo <= x <= hi` (NaN fails).
+pub fn in_range(field: &str, x: f64, lo: f64, hi: f64) -> Result<(), ParamIssue> {
+    if x >= lo && x <= hi {
+        Ok(())
+    } else {
+        Err(ParamIssue::new(field, format!("{field} must lie in [{lo}, {hi}], got {x}")))
+    }
+}
+
+/// Checks `lo <= n <= hi` for a count.
+pub fn count_in(field: &str, n: u64, lo: u64, hi: u64) -> Result<(), ParamIssue> {
+    if (lo..=hi).contains(&n) {
+        Ok(())
+    } else {
+        Err(ParamIssue::new(field, format!("{field} must lie in {lo}..={hi}, got {n}")))
+    }
+}
+
+/// The learning-rate params shared by the pSGD kinds.
+pub fn check_learning_rate(delta: f64, lr_exponent: f64) -> Result<(), ParamIssue> {
+    positive("delta", delta)?;
+    in_range("delta", delta, 0.0, limits::MAX_DELTA)?;
+    in_range("lr_exponent", lr_exponent, 0.0, limits::MAX_LR_EXPONENT)
+}
+
+/// Checks a run length in samples (`what` says how it is computed).
+pub fn check_samples(field: &str, samples: f64, what: &str) -> Result<(), ParamIssue> {
+    if samples >= 1.0 && samples <= limits::MAX_SAMPLES {
+        Ok(())
+    } else {
+        Err(ParamIssue::new(
+            field,
+            format!("{what} = {samples:.3e} samples per run; it must lie in [1, {:.0e}]", limits::MAX_SAMPLES),
+        ))
+    }
+}
+
 /// Checks `x > 0` and finite.
 pub fn positive(field: &str, x: f64) -> Result<(), ParamIssue> {
     if x > 0.0 && x.is_finite() {
@@ -183,4 +225,21 @@ pub fn positive(field: &str, x: f64) -> Result<(), ParamIssue> {
     } else {
         Err(ParamIssue::new(field, format!("{field} must be positive and finite, got {x}")))
     }
+}
+
+/// The shared model, noise and denoiser params, for `cargo xtask kinds`.
+pub fn model_param_docs() -> Vec<e2h_engine::ParamDoc> {
+    use e2h_engine::ParamDoc as P;
+    vec![
+        P::new("d", "integer", "", "2..=1048576", "dimension d of the data"),
+        P::new("beta_u", "number", "2.0", "[0, 1e4]", "signal strength of the covariance spike u"),
+        P::new("beta_v", "number", "5.0", "[0, 1e4]", "signal strength of the non-Gaussian direction v"),
+        P::new("nu", "rademacher | uniform | laplace | gaussian", "rademacher", "", "law of the non-Gaussian latent nu"),
+        P::new("coupling", "none | linear", "none", "", "coupling of the latents lambda and nu"),
+        P::new("rho", "number", "0.8", "[0, 1]", "strength of the linear coupling (ignored when coupling: none)"),
+        P::new("t", "number", "0.3", "(0, 100]", "diffusion time of the OU noising"),
+        P::new("activation", "tanh2 | relu | linear | ...", "tanh2", "", "activation g of the neurons"),
+        P::new("a", "number", "1.0", "[-1e4, 1e4]", "fixed output scale of the neurons"),
+        P::new("neurons", "integer", "1", "1..=1024", "number of neurons K"),
+    ]
 }

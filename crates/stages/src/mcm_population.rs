@@ -1,14 +1,14 @@
 //! Figure 4 stage: the population loss by quadrature, its expansion
 //! coefficients against t, the landscape, and the information exponents.
 
-use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, Footprint, ParamIssue, Registry, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
 use e2h_mcm::{Activation, Coupling, McmParams, NoiseLevel, NuLaw};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::FrameBuilder;
-use crate::mcm_common::{activation_name, defaults, positive};
+use crate::mcm_common::{activation_name, count_in, defaults, in_range, limits, positive};
 
 pub fn register(r: &mut Registry) {
     r.register(Population);
@@ -67,6 +67,29 @@ impl Stage for Population {
     type Params = PopulationParams;
     const KIND: &'static str = "mcm.population";
     const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "the population loss by quadrature: expansion coefficients c_k(t), the landscape, information exponents";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::mcm_tables::population()
+    }
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        vec![
+            P::new("beta_u", "number", "2.0", "[0, 1e4]", "signal strength of the covariance spike u"),
+            P::new("beta_v", "number", "5.0", "[0, 1e4]", "signal strength of the non-Gaussian direction v"),
+            P::new("nu", "rademacher | uniform | laplace | gaussian", "rademacher", "", "law of the non-Gaussian latent"),
+            P::new("rho", "number", "0.8", "[0, 1]", "coupling strength of the correlated-latent case"),
+            P::new("t", "number", "0.3", "(0, 100]", "noise level of the landscape and exponent panels"),
+            P::new("activation", "tanh2 | relu | linear | ...", "tanh2", "", "activation g"),
+            P::new("a", "number", "1.0", "[-1e4, 1e4]", "output scale of the neuron"),
+            P::new("t_grid", "list of numbers", "41 log-spaced values in [0.02, 3]", "1 to 10000 values in (0, 100]", "noise levels of the c_k(t) curves"),
+            P::new("landscape_grid", "integer", "61", "3..=2001", "points per axis of the landscape grid on [-1, 1]^2"),
+            P::new("m_u_given", "number", "0.6", "(-1, 1)", "m_u at which the v-exponent is measured with coupled latents"),
+            P::new("controls", "list of activations", "[relu, linear]", "at most 16", "activations shown as controls in the exponent panel"),
+        ]
+    }
+
 
     fn code(&self) -> CodeFingerprints {
         crate::code::of_module(module_path!())
@@ -74,6 +97,16 @@ impl Stage for Population {
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         positive("t", p.t)?;
+        in_range("t", p.t, 0.0, limits::MAX_T)?;
+        in_range("beta_u", p.beta_u, 0.0, limits::MAX_BETA)?;
+        in_range("beta_v", p.beta_v, 0.0, limits::MAX_BETA)?;
+        in_range("a", p.a, -limits::MAX_SCALE, limits::MAX_SCALE)?;
+        count_in("t_grid", p.t_grid.len() as u64, 1, 10_000)?;
+        count_in("landscape_grid", p.landscape_grid as u64, 3, 2_001)?;
+        count_in("controls", p.controls.len() as u64, 0, 16)?;
+        if let Some((i, t)) = p.t_grid.iter().enumerate().find(|(_, t)| **t > limits::MAX_T) {
+            return Err(ParamIssue::new(format!("t_grid.{i}"), format!("noise levels must be at most {}, got {t}", limits::MAX_T)));
+        }
         if !(0.0..=1.0).contains(&p.rho) {
             return Err(ParamIssue::new("rho", format!("rho must lie in [0, 1], got {}", p.rho)));
         }
@@ -91,6 +124,14 @@ impl Stage for Population {
             return Err(ParamIssue::new("m_u_given", "m_u_given must lie in (-1, 1)"));
         }
         Ok(())
+    }
+
+    fn footprint(p: &Self::Params) -> Footprint {
+        let g = p.landscape_grid as f64;
+        Footprint::new(
+            g * g * 64.0 + p.t_grid.len() as f64 * 1024.0,
+            format!("landscape_grid^2 x 64 B + t_grid x 1 KiB; landscape_grid = {}", p.landscape_grid),
+        )
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {

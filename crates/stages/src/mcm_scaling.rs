@@ -1,6 +1,6 @@
 //! Figure 3 stages: weak-recovery times of online pSGD and their scaling with d.
 
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, Footprint, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::theory::{random_start, OverlapDynamics};
@@ -9,7 +9,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{quantile_sorted, quartiles, FrameBuilder};
-use crate::mcm_common::{coupling_name, mcm_params, positive, ModelFields};
+use crate::mcm_common::{
+    check_learning_rate, check_samples, count_in, coupling_name, in_range, limits, mcm_params, positive, ModelFields,
+};
 
 pub fn register(r: &mut Registry) {
     r.register(Recovery);
@@ -72,6 +74,28 @@ impl Stage for Recovery {
     type Params = RecoveryParams;
     const KIND: &'static str = "mcm.recovery";
     const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "weak-recovery times n* of online pSGD (censored at a budget) and their ODE prediction";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::mcm_tables::recovery()
+    }
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        let mut docs = crate::mcm_common::model_param_docs();
+        docs.extend([
+            P::new("direction", "u | v", "", "", "the direction whose recovery time is measured"),
+            P::new("delta", "number", "", "(0, 1000]", "learning-rate constant: eta = delta / d^lr_exponent"),
+            P::new("lr_exponent", "number", "1.0", "[0, 4]", "exponent p of eta = delta / d^p"),
+            P::new("threshold", "number", "(from threshold_fraction)", "(0, 1)", "|m| that counts as recovered"),
+            P::new("threshold_fraction", "number", "0.5", "(0, 1]", "threshold as a fraction of |m| at the population-loss minimum"),
+            P::new("budget_factor", "number", "", "budget in [1, 1e12]", "budget = budget_factor x d^budget_exponent samples per run"),
+            P::new("budget_exponent", "number", "", "[0, 4]", "see budget_factor"),
+            P::new("replicas", "integer", "32", "1..=1000000", "independent runs"),
+        ]);
+        docs
+    }
+
 
     fn code(&self) -> CodeFingerprints {
         crate::code::of_module(module_path!())
@@ -79,22 +103,35 @@ impl Stage for Recovery {
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         p.validate_fields()?;
-        positive("delta", p.delta)?;
+        check_learning_rate(p.delta, p.lr_exponent)?;
         positive("budget_factor", p.budget_factor)?;
+        in_range("budget_exponent", p.budget_exponent, 0.0, 4.0)?;
+        check_samples(
+            "budget_factor",
+            p.budget_factor * (p.d as f64).powf(p.budget_exponent),
+            "the budget budget_factor x d^budget_exponent",
+        )?;
         positive("threshold_fraction", p.threshold_fraction)?;
+        in_range("threshold_fraction", p.threshold_fraction, 0.0, 1.0)?;
         if let Some(t) = p.threshold
             && !(t > 0.0 && t < 1.0) {
                 return Err(ParamIssue::new("threshold", format!("threshold must lie in (0, 1), got {t}")));
             }
-        if p.replicas == 0 {
-            return Err(ParamIssue::new("replicas", "at least one replica is needed"));
-        }
+        count_in("replicas", p.replicas, 1, limits::MAX_REPLICAS)?;
         Ok(())
     }
 
     /// Replicas run in parallel threads.
     fn resources(_p: &Self::Params) -> Resources {
         Resources { cpus: Some(2), ..Resources::default() }
+    }
+
+    fn footprint(p: &Self::Params) -> Footprint {
+        let (d, k, r) = (p.d as f64, p.neurons as f64, p.replicas as f64);
+        Footprint::new(
+            r * (200.0 + 2.0 * k * d * 8.0),
+            format!("replicas x (200 B + 2 x neurons x d x 8 B); replicas = {}, neurons = {}, d = {}", p.replicas, p.neurons, p.d),
+        )
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -127,7 +164,7 @@ impl Stage for Recovery {
         };
         let model = Mcm::new(params, ctx.seed());
         let stride = (p.d as u64 / 8).max(1);
-        let bar = ctx.progress(budget * p.replicas, "pSGD samples (budget)");
+        let bar = ctx.progress(budget.saturating_mul(p.replicas), "pSGD samples (budget)");
         let runs = simulate::recovery_times(&model, cfg, ctx.seed(), p.replicas, dir, threshold, budget, stride, &|n| bar.inc(n));
         bar.finish();
         // The deterministic prediction from the typical start |m_u| = |m_v| = 1/sqrt(d).
@@ -185,6 +222,16 @@ impl Stage for ScalingFit {
     type Params = ScalingFitParams;
     const KIND: &'static str = "mcm.scaling_fit";
     const VERSION: &'static str = "1";
+    const ABOUT: &'static str = "per-d medians of n* from mcm.recovery inputs (one per case) and the log-log slope against d";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::mcm_tables::scaling_fit()
+    }
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        vec![e2h_engine::ParamDoc::new("bootstrap", "integer", "1000", "10..=1000000", "bootstrap resamples for the slope interval")]
+    }
+
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
 
     fn code(&self) -> CodeFingerprints {
@@ -195,7 +242,7 @@ impl Stage for ScalingFit {
         if p.bootstrap < 10 {
             return Err(ParamIssue::new("bootstrap", "use at least 10 bootstrap resamples"));
         }
-        Ok(())
+        count_in("bootstrap", p.bootstrap as u64, 10, 1_000_000)
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {

@@ -1,13 +1,16 @@
 //! Stage kinds of the mixed cumulant model: simulations, fits and theory.
 
-use e2h_engine::{CodeFingerprints, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, Footprint, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_mcm::simulate::{self, PsgdConfig};
 use e2h_mcm::population::PopulationLoss;
 use e2h_mcm::theory::{random_start, OverlapDynamics};
 use e2h_mcm::Mcm;
 
 use crate::frame::{quartiles, FrameBuilder};
-use crate::mcm_common::{activation_name, coupling_name, mcm_params, nu_name, positive, ModelFields};
+use crate::mcm_common::{
+    activation_name, check_learning_rate, check_samples, count_in, coupling_name, in_range, limits, mcm_params, nu_name,
+    ModelFields,
+};
 
 pub fn register(r: &mut Registry) {
     r.record_version("e2h-mcm", env!("CARGO_PKG_VERSION"));
@@ -60,6 +63,27 @@ impl Stage for Trajectories {
     type Params = TrajectoriesParams;
     const KIND: &'static str = "mcm.trajectories";
     const VERSION: &'static str = "2";
+    const ABOUT: &'static str = "online pSGD of the MCM denoiser from random starts: overlaps and test losses on a log grid of sample counts";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::mcm_tables::trajectories()
+    }
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        let mut docs = crate::mcm_common::model_param_docs();
+        docs.extend([
+            P::new("delta", "number", "", "(0, 1000]", "learning-rate constant: eta = delta / d^lr_exponent"),
+            P::new("lr_exponent", "number", "1.0", "[0, 4]", "exponent p of eta = delta / d^p"),
+            P::new("n_max_over_d", "number", "", "n_max = n_max_over_d x d in [1, 1e12]", "training length in units of d"),
+            P::new("grid_points", "integer", "40", "2..=100000", "log-spaced sample counts at which overlaps and losses are recorded"),
+            P::new("replicas", "integer", "16", "1..=1000000", "independent runs (initialisation and sample stream)"),
+            P::new("n_test", "integer", "1000", "2..=10000000", "fresh test samples per loss estimate"),
+            P::new("learned_threshold", "number", "0.5", "[0, 1]", "|m| at which a direction counts as learned in `summary`"),
+        ]);
+        docs
+    }
+
 
     fn code(&self) -> CodeFingerprints {
         crate::code::of_module(module_path!())
@@ -67,23 +91,30 @@ impl Stage for Trajectories {
 
     fn validate(p: &Self::Params) -> Result<(), ParamIssue> {
         p.validate_fields()?;
-        positive("delta", p.delta)?;
-        positive("n_max_over_d", p.n_max_over_d)?;
-        if p.replicas == 0 {
-            return Err(ParamIssue::new("replicas", "at least one replica is needed"));
-        }
-        if p.n_test < 2 {
-            return Err(ParamIssue::new("n_test", "at least two test samples are needed"));
-        }
-        if p.grid_points < 2 {
-            return Err(ParamIssue::new("grid_points", "at least two grid points are needed"));
-        }
+        check_learning_rate(p.delta, p.lr_exponent)?;
+        check_samples("n_max_over_d", p.n_max_over_d * p.d as f64, "n_max = n_max_over_d x d")?;
+        count_in("replicas", p.replicas, 1, limits::MAX_REPLICAS)?;
+        count_in("n_test", p.n_test as u64, 2, limits::MAX_TEST_SAMPLES)?;
+        count_in("grid_points", p.grid_points as u64, 2, limits::MAX_GRID_POINTS)?;
+        in_range("learned_threshold", p.learned_threshold, 0.0, 1.0)?;
         Ok(())
     }
 
     /// Replicas run in parallel threads.
     fn resources(_p: &Self::Params) -> Resources {
         Resources { cpus: Some(2), ..Resources::default() }
+    }
+
+    fn footprint(p: &Self::Params) -> Footprint {
+        let (d, k, r, g, n) = (p.d as f64, p.neurons as f64, p.replicas as f64, p.grid_points as f64, p.n_test as f64);
+        Footprint::new(
+            r * g * k * 400.0 + 3.0 * n * d * 8.0 + 2.0 * r * k * d * 8.0,
+            format!(
+                "replicas x grid_points x neurons x 400 B of trajectory rows + 3 x n_test x d x 8 B of test samples \
+                 + 2 x replicas x neurons x d x 8 B of weights; replicas = {}, grid_points = {}, neurons = {}, n_test = {}, d = {}",
+                p.replicas, p.grid_points, p.neurons, p.n_test, p.d
+            ),
+        )
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -99,7 +130,7 @@ impl Stage for Trajectories {
         let d = p.d as f64;
         let n_max = (p.n_max_over_d * d).round() as u64;
         let grid = simulate::log_grid(n_max, p.grid_points);
-        let bar = ctx.progress(n_max * p.replicas, "pSGD samples");
+        let bar = ctx.progress(n_max.saturating_mul(p.replicas), "pSGD samples");
         let points = simulate::trajectories(&model, cfg, ctx.seed(), p.replicas, &grid, p.n_test, &|n| bar.inc(n));
         bar.finish();
         ctx.record("learning_rate", cfg.learning_rate(p.d));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use e2h_engine::table::{column_f64, column_string, filter_eq};
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, Footprint, InputArity, InputTables, ParamIssue, Registry, Stage, StageContext, StageError, TableDoc};
 use e2h_plot::{Figure, Heatmap, LegendPos, Marker, Panel, RefLine, Scale, Series, Style, StyleKind};
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,13 @@ pub struct HeatmapParams {
     pub contours: Vec<f64>,
 }
 
+/// Most panels a figure may draw, `split:` panels included.
+pub const MAX_PANELS: usize = 64;
+/// Most curves a panel may draw, `by:` groups included.
+pub const MAX_SERIES_PER_PANEL: usize = 64;
+/// Largest panel side in pixels.
+pub const MAX_PANEL_SIDE: u32 = 4000;
+
 pub struct PlotFigure;
 
 impl Stage for PlotFigure {
@@ -187,6 +194,18 @@ impl Stage for PlotFigure {
     // 4: `x_tick_labels`.
     const VERSION: &'static str = "4";
     const INPUTS: InputArity = InputArity::AnyNonEmpty;
+    const ABOUT: &'static str = "a figure (PNG and SVG) of upstream tables described in YAML: panels, series, split, by";
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        vec![
+            P::new("title", "string", "", "", "figure title"),
+            P::new("columns", "integer", "3", "1..=64", "panels per row"),
+            P::new("panel_width", "integer", "620", "100..=4000", "pixels"),
+            P::new("panel_height", "integer", "460", "100..=4000", "pixels"),
+            P::new("panels", "list", "", "1 to 64 panels (split panels included)", "each: input, table, x, series [{y, by, band, err, label, style, where}], split, where, x/y_scale, x/y_range, legend, hlines, vlines, heatmap; input, table and columns are checked against the upstream kind's tables at plan time"),
+        ]
+    }
 
     fn code(&self) -> CodeFingerprints {
         crate::code::of_module(module_path!())
@@ -196,10 +215,46 @@ impl Stage for PlotFigure {
         if p.panels.is_empty() {
             return Err(ParamIssue::new("panels", "a figure needs at least one panel"));
         }
-        if p.columns == 0 {
-            return Err(ParamIssue::new("columns", "columns must be at least 1"));
+        if p.columns == 0 || p.columns > MAX_PANELS {
+            return Err(ParamIssue::new("columns", format!("columns must lie in 1..={MAX_PANELS}, got {}", p.columns)));
+        }
+        if p.panels.len() > MAX_PANELS {
+            return Err(ParamIssue::new("panels", format!("at most {MAX_PANELS} panels, got {}", p.panels.len())));
+        }
+        for (field, side) in [("panel_width", p.panel_width), ("panel_height", p.panel_height)] {
+            if !(100..=MAX_PANEL_SIDE).contains(&side) {
+                return Err(ParamIssue::new(field, format!("{field} must lie in 100..={MAX_PANEL_SIDE} pixels, got {side}")));
+            }
         }
         for (i, panel) in p.panels.iter().enumerate() {
+            for (field, range, scale) in [("x_range", panel.x_range, panel.x_scale), ("y_range", panel.y_range, panel.y_scale)] {
+                if let Some([a, b]) = range
+                    && !(a.is_finite() && b.is_finite() && a < b && (scale == AxisScale::Linear || a > 0.0))
+                {
+                    return Err(ParamIssue::new(
+                        format!("panels.{i}.{field}"),
+                        "a range is two finite numbers, the first smaller (and positive on a log axis)",
+                    ));
+                }
+            }
+            if panel.series.len() > MAX_SERIES_PER_PANEL {
+                return Err(ParamIssue::new(format!("panels.{i}.series"), format!("at most {MAX_SERIES_PER_PANEL} series per panel")));
+            }
+            for (j, series) in panel.series.iter().enumerate() {
+                if series.color.is_some_and(|c| c > 1000) {
+                    return Err(ParamIssue::new(format!("panels.{i}.series.{j}.color"), "palette indices lie in 0..=1000"));
+                }
+            }
+            for (j, l) in panel.hlines.iter().chain(&panel.vlines).enumerate() {
+                if l.value.is_some_and(|v| !v.is_finite()) || l.color.is_some_and(|c| c > 1000) {
+                    return Err(ParamIssue::new(format!("panels.{i}.hlines.{j}"), "a finite value and a palette index in 0..=1000"));
+                }
+            }
+            if let Some(h) = &panel.heatmap
+                && (h.contours.len() > 100 || h.contours.iter().any(|c| !c.is_finite()))
+            {
+                return Err(ParamIssue::new(format!("panels.{i}.heatmap.contours"), "at most 100 finite contour levels"));
+            }
             if panel.heatmap.is_none() && (panel.x.is_none() || panel.series.is_empty()) {
                 return Err(ParamIssue::new(format!("panels.{i}"), "a panel needs `x` and `series`, or a `heatmap`"));
             }
@@ -225,7 +280,109 @@ impl Stage for PlotFigure {
         Ok(())
     }
 
+    fn check_inputs(p: &Self::Params, inputs: &InputTables) -> Result<(), ParamIssue> {
+        for (i, panel) in p.panels.iter().enumerate() {
+            let at = |field: &str| format!("panels.{i}.{field}");
+            let Some(tables) = inputs.get(&panel.input) else {
+                let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
+                return Err(ParamIssue::new(
+                    at("input"),
+                    format!("no input named `{}`; this stage's inputs: {}", panel.input, names.join(", ")),
+                ));
+            };
+            // An upstream kind that declares no tables is checked when the figure is drawn.
+            let Some(tables) = tables else { continue };
+            let table = |name: &str, field: String| -> Result<&TableDoc, ParamIssue> {
+                tables.iter().find(|t| t.name == name).ok_or_else(|| {
+                    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+                    ParamIssue::new(
+                        field,
+                        format!("input `{}` has no table `{name}`; its tables: {}", panel.input, names.join(", ")),
+                    )
+                })
+            };
+            let column = |t: &TableDoc, col: &str, field: String| -> Result<(), ParamIssue> {
+                if t.has_column(col) {
+                    return Ok(());
+                }
+                Err(ParamIssue::new(
+                    field,
+                    format!(
+                        "table `{}` of input `{}` has no column `{col}`; its columns: {}",
+                        t.name,
+                        panel.input,
+                        t.column_names().join(", ")
+                    ),
+                ))
+            };
+            let main = table(&panel.table, at("table"))?;
+            for (field, col) in [("x", &panel.x), ("split", &panel.split)] {
+                if let Some(col) = col {
+                    column(main, col, at(field))?;
+                }
+            }
+            for col in panel.filter.keys() {
+                column(main, col, at(&format!("where.{col}")))?;
+            }
+            for (kind, lines) in [("hlines", &panel.hlines), ("vlines", &panel.vlines)] {
+                for (j, l) in lines.iter().enumerate() {
+                    if let Some(c) = &l.column {
+                        column(main, c, at(&format!("{kind}.{j}.column")))?;
+                    }
+                }
+            }
+            if let Some(h) = &panel.heatmap {
+                for (field, col) in [("x", &h.x), ("y", &h.y), ("z", &h.z)] {
+                    column(main, col, at(&format!("heatmap.{field}")))?;
+                }
+            }
+            for (j, s) in panel.series.iter().enumerate() {
+                let sat = |field: &str| at(&format!("series.{j}.{field}"));
+                let t = match &s.table {
+                    Some(name) => table(name, sat("table"))?,
+                    None => main,
+                };
+                if s.table.is_some() {
+                    // Rows of another table are filtered by the panel's `where` as well.
+                    for col in panel.filter.keys() {
+                        column(t, col, at(&format!("where.{col}")))?;
+                    }
+                    if let Some(x) = &panel.x {
+                        column(t, x, at("x"))?;
+                    }
+                }
+                column(t, &s.y, sat("y"))?;
+                for (field, col) in [("by", &s.by), ("hollow", &s.hollow)] {
+                    if let Some(col) = col {
+                        column(t, col, sat(field))?;
+                    }
+                }
+                for (field, pair) in [("band", &s.band), ("err", &s.err)] {
+                    if let Some(pair) = pair {
+                        for (k, col) in pair.iter().enumerate() {
+                            column(t, col, sat(&format!("{field}.{k}")))?;
+                        }
+                    }
+                }
+                for col in s.filter.keys() {
+                    column(t, col, sat(&format!("where.{col}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn footprint(p: &Self::Params) -> Footprint {
+        // RGB image of every declared panel (`split:` can add more: bounded when drawn).
+        let panels = p.panels.len() as f64;
+        Footprint::new(
+            panels * p.panel_width as f64 * p.panel_height as f64 * 3.0 * 2.0,
+            format!("panels x panel_width x panel_height x 6 B; {} panels of {} x {}", p.panels.len(), p.panel_width, p.panel_height),
+        )
+    }
+
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        let mut panel_count = 0usize;
         let mut fig = Figure::new(p.title.clone()).columns(p.columns).panel_size(p.panel_width, p.panel_height);
         for (i, spec) in p.panels.iter().enumerate() {
             let mut df = ctx.input_table(&spec.input, &spec.table)?;
@@ -234,7 +391,9 @@ impl Stage for PlotFigure {
             }
             let parts: Vec<(String, DataFrame)> = match &spec.split {
                 None => vec![(spec.title.clone(), df)],
-                Some(col) => distinct(&df, col)?
+                Some(col) => bounded(distinct(&df, col)?, MAX_PANELS.saturating_sub(panel_count), || {
+                    format!("panel {i}: `split: {col}` would draw one panel per distinct value")
+                }, MAX_PANELS, "panels in a figure")?
                     .into_iter()
                     .map(|v| {
                         let part = filter_eq(&df, col, &json_of(&v))?;
@@ -243,6 +402,10 @@ impl Stage for PlotFigure {
                     })
                     .collect::<Result<_, StageError>>()?,
             };
+            panel_count += parts.len();
+            if panel_count > MAX_PANELS {
+                return Err(format!("the figure would have more than {MAX_PANELS} panels").into());
+            }
             for (title, part) in parts {
                 let load = |table: &str| -> Result<DataFrame, StageError> {
                     let mut df = ctx.input_table(&spec.input, table)?;
@@ -257,6 +420,21 @@ impl Stage for PlotFigure {
         e2h_plot::render(&fig, &ctx.output_path("figure"))?;
         Ok(())
     }
+}
+
+/// `values`, unless there are more than `room` of them: then an error saying
+/// how many there are against the documented `max`.
+fn bounded(
+    values: Vec<String>,
+    room: usize,
+    what: impl Fn() -> String,
+    max: usize,
+    of: &str,
+) -> Result<Vec<String>, StageError> {
+    if values.len() > room {
+        return Err(format!("{}: {} values, but at most {max} {of} are drawn", what(), values.len()).into());
+    }
+    Ok(values)
 }
 
 fn json_of(v: &str) -> serde_json::Value {
@@ -353,7 +531,7 @@ fn build_panel(
         }
         let groups: Vec<(String, DataFrame)> = match &s.by {
             None => vec![(s.label.clone(), rows)],
-            Some(col) => distinct(&rows, col)?
+            Some(col) => bounded(distinct(&rows, col)?, MAX_SERIES_PER_PANEL, || format!("`by: {col}` would draw one curve per distinct value"), MAX_SERIES_PER_PANEL, "curves in a panel")?
                 .into_iter()
                 .map(|v| Ok((s.label.replace("{value}", &v), filter_eq(&rows, col, &json_of(&v))?)))
                 .collect::<Result<_, StageError>>()?,

@@ -10,7 +10,7 @@ use e2h_cifar::loader::{load_split, Split};
 use e2h_cifar::stats::GaussianModel;
 use e2h_cifar::wiener::{self, LossEstimate};
 use e2h_engine::table::{column_f64, column_string};
-use e2h_engine::{CodeFingerprints, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
+use e2h_engine::{CodeFingerprints, Footprint, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_unet::train::{eval_noise, images_to_tensor, log_spaced_steps, train, EvalConfig, EvalSet, TrainRun};
 use e2h_unet::{AdamConfig, DdpmConfig, DdpmSchedule, EvalWeights, TrainConfig, UNetConfig};
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,31 @@ pub struct UnetTrain;
 impl Stage for UnetTrain {
     type Params = UnetTrainParams;
     const KIND: &'static str = "unet.train";
+    const ABOUT: &'static str = "trains a DDPM U-Net on CIFAR-10 (resumable) and evaluates it on real and surrogate images against the Wiener line";
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        vec![
+            P::new("device", "string", "cpu", "cpu, cuda, cuda:N", "where to train (part of the key)"),
+            P::new("tf32", "boolean", "false", "", "TF32 matmuls on the GPU"),
+            P::new("model", "mapping", "", "image_channels 3, image_size 32, base_channels <= 1024, 1-6 levels of channel_mult in 1..=16, num_res_blocks <= 16", "U-Net architecture (attn_resolutions, dropout, groups, conv_impl)"),
+            P::new("diffusion", "mapping", "T = 1000, beta 1e-4..0.02", "num_steps <= 100000", "DDPM schedule"),
+            P::new("adam", "mapping", "beta1 0.9, beta2 0.999", "", "Adam(W) settings"),
+            P::new("batch_size", "integer", "", "1..=65536", "training batch"),
+            P::new("lr", "number", "2e-4", "(0, 1]", "learning rate"),
+            P::new("warmup_steps", "integer", "0", "<= 1e9", "linear warm-up"),
+            P::new("grad_clip", "number", "1.0", "> 0", "gradient-norm clip"),
+            P::new("ema_decay", "number", "none", "[0, 1)", "EMA of the weights"),
+            P::new("random_flip", "boolean", "true", "", "horizontal flips"),
+            P::new("max_steps", "integer", "", "1..=1e9", "training steps"),
+            P::new("train_limit", "integer", "all 50000", "<= 50000", "first training images used"),
+            P::new("eval_images", "integer", "", "2..=10000", "real test images (and as many surrogate samples) per evaluation"),
+            P::new("eval_ts", "list of integers", "[10, 50, 100, 250, 500, 750]", "1..=num_steps, at most 1000", "noise levels evaluated"),
+            P::new("eval_batch", "integer", "250", "1..=65536", "evaluation batch"),
+            P::new("eval_weights", "ema | raw", "ema when ema_decay is set", "", "weights evaluated"),
+            P::new("keep_checkpoints", "integer", "2", "1..=100", "checkpoints kept for resuming"),
+        ]
+    }
     // 2: evaluation noise and surrogate seeds derived with the U-Net crate's derive_seed.
     // 3: CPU kernels (im2col + GEMM convolutions, fused GroupNorm): the same
     //    network, with sums in another order, so the losses differ in rounding.
@@ -154,6 +179,35 @@ impl Stage for UnetTrain {
         }
         if p.model.image_channels != CHANNELS || p.model.image_size != SIZE {
             return Err(ParamIssue::new("model", "CIFAR-10 images are 3 x 32 x 32: set image_channels 3 and image_size 32"));
+        }
+        // Bounds first: the model's own checks shift by the level count.
+        if !(1..=6).contains(&p.model.channel_mult.len()) {
+            return Err(ParamIssue::new("model.channel_mult", "between 1 and 6 levels (32 x 32 images)"));
+        }
+        if let Some((i, m)) = p.model.channel_mult.iter().enumerate().find(|(_, m)| !(1..=16).contains(*m)) {
+            return Err(ParamIssue::new(format!("model.channel_mult.{i}"), format!("multipliers lie in 1..=16, got {m}")));
+        }
+        for (field, n, max) in [
+            ("model.base_channels", p.model.base_channels, 1024),
+            ("model.num_res_blocks", p.model.num_res_blocks, 16),
+            ("model.groups", p.model.groups, 1024),
+            ("diffusion.num_steps", p.diffusion.num_steps, 100_000),
+            ("batch_size", p.batch_size, 65_536),
+            ("eval_images", p.eval_images, crate::cifar_stages::TEST_IMAGES),
+            ("eval_batch", p.eval_batch, 65_536),
+            ("eval_ts", p.eval_ts.len(), 1000),
+            ("keep_checkpoints", p.keep_checkpoints, 100),
+            ("train_limit", p.train_limit.unwrap_or(1), crate::cifar_stages::TRAIN_IMAGES),
+        ] {
+            if n > max {
+                return Err(ParamIssue::new(field, format!("{field} must be at most {max}, got {n}")));
+            }
+        }
+        if p.max_steps > 1_000_000_000 || p.warmup_steps > 1_000_000_000 {
+            return Err(ParamIssue::new("max_steps", "max_steps and warmup_steps must be at most 10^9"));
+        }
+        if !(p.lr > 0.0 && p.lr <= 1.0) {
+            return Err(ParamIssue::new("lr", format!("lr must lie in (0, 1], got {}", p.lr)));
         }
         p.model.validate().map_err(|m| ParamIssue::new("model", m))?;
         if p.batch_size == 0 {
@@ -187,6 +241,24 @@ impl Stage for UnetTrain {
     fn resources(p: &Self::Params) -> Resources {
         let gpu = p.device.trim().starts_with("cuda");
         Resources { cpus: Some(if gpu { 4 } else { 2 }), mem: Some("16G".into()), gpus: gpu.then_some(1), ..Resources::default() }
+    }
+
+    fn footprint(p: &Self::Params) -> Footprint {
+        // Host memory: the images as f32, and (on a CPU) the weights with their
+        // gradients and Adam moments (~35.7M parameters at width 128, growing
+        // with its square) and about 40 activation maps per image.
+        let width = p.model.base_channels as f64;
+        let parameters = 35.7e6 * (width / 128.0).powi(2);
+        let images = (p.train_limit.unwrap_or(crate::cifar_stages::TRAIN_IMAGES) + 2 * p.eval_images) as f64;
+        let activations = p.batch_size.max(p.eval_batch) as f64 * (SIZE * SIZE) as f64 * width * 4.0 * 40.0;
+        Footprint::new(
+            images * DIM as f64 * 4.0 + parameters * 16.0 + activations,
+            format!(
+                "images x 12 KiB + parameters x 16 B + batch x 32 x 32 x base_channels x 160 B; base_channels = {}, batch = {}",
+                p.model.base_channels,
+                p.batch_size.max(p.eval_batch)
+            ),
+        )
     }
 
     fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -453,6 +525,15 @@ impl Estimate {
 impl Stage for UnetCrossings {
     type Params = CrossingParams;
     const KIND: &'static str = "unet.crossings";
+    const ABOUT: &'static str = "per noise level, the first step at which the U-Net's real-image loss falls below the Wiener line";
+
+    fn param_docs() -> Vec<e2h_engine::ParamDoc> {
+        use e2h_engine::ParamDoc as P;
+        vec![
+            P::new("early_steps", "integer", "100", "", "evaluations up to this step count as early"),
+            P::new("z", "number", "1.0", ">= 0", "standard errors by which a loss must be below a line"),
+        ]
+    }
     const VERSION: &'static str = "1";
     const INPUTS: InputArity = InputArity::Exactly(&["train"]);
 
