@@ -47,9 +47,9 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Unet(a)) => bench_unet(ctx, a),
         None => {
             bench_mcm(ctx, &defaults())?;
-            println!();
+            outln!();
             bench_cache(ctx, &defaults())?;
-            println!();
+            outln!();
             bench_unet(ctx, &defaults())
         }
     }
@@ -204,7 +204,7 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
     let rounds = args.rounds.max(1);
     let round_seconds = args.seconds / rounds as f64;
     let per_thread = if thread_cpu_time().is_some() { "per second of the thread's CPU time" } else { "best round" };
-    println!("MCM online pSGD, one tanh(2y) neuron, beta_u 2, beta_v 5, Rademacher nu, t 0.3 (replica-samples/s)");
+    outln!("MCM online pSGD, one tanh(2y) neuron, beta_u 2, beta_v 5, Rademacher nu, t 0.3 (replica-samples/s)");
     let mut rows = Vec::new();
     for &d in &args.d {
         let (model, cfg) = mcm_setting(d);
@@ -244,13 +244,13 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
 
     let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.1}x", a / b));
     let peer = |r: &McmRow, pick: fn(&PeerRate) -> f64| r.numpy.as_ref().map(pick);
-    println!("{:>5} | {:^50} | {:^34}", "", "one thread", format!("all {threads} threads, wall clock"));
-    println!(
+    outln!("{:>5} | {:^50} | {:^34}", "", "one thread", format!("all {threads} threads, wall clock"));
+    outln!(
         "{:>5} | {:>9} {:>10} {:>6} {:>10} {:>10} | {:>10} {:>10} {:>10}",
         "d", "bound", "Rust", "/bound", "NumPy", "Rust/NumPy", "Rust", "NumPy", "Rust/NumPy"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:>5} | {:>9} {:>10} {:>6.2} {:>10} {:>10} | {:>10} {:>10} {:>10}",
             r.d,
             rate(r.bound),
@@ -263,7 +263,7 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
             ratio(r.all, peer(r, |p| p.wall)),
         );
     }
-    println!(
+    outln!(
         "one thread: {per_thread} ({rounds} rounds interleaved with the bound's); all threads: best of {rounds} rounds.\n\
          bound: drawing a sample's 2d + 2 normals alone with the same generator and sampler (xoshiro256++, ziggurat).\n\
          NumPy: benches/mcm_numpy_peer.py, {} replicas vectorised, one thread (BLAS too).",
@@ -277,7 +277,7 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
         }
     };
     let (met, missed): (Vec<&McmRow>, Vec<&McmRow>) = rows.iter().partition(|r| r.single >= 0.6 * r.bound);
-    println!(
+    outln!(
         "target >= 60% of the bound per thread: {}",
         verdict(met.iter().map(|r| r.d).collect(), missed.iter().map(|r| r.d).collect())
     );
@@ -290,14 +290,14 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|r| peer(r, |p| p.cpu).map(|np| format!("{:.0}x at d = {}", threads as f64 * r.bound / np, r.d)))
             .collect();
-        println!(
+        outln!(
             "target >= 20x the NumPy peer (all threads): {}; drawing the normals alone on {threads} threads would be {}",
             verdict(met.iter().map(|r| r.d).collect(), missed.iter().map(|r| r.d).collect()),
             ceiling.join(", ")
         );
     }
     if let Some(note) = numpy_note {
-        println!("{note}");
+        outln!("{note}");
     }
     bench_network_loss(&single_pool, rounds, round_seconds);
     Ok(())
@@ -395,7 +395,7 @@ fn bench_cache(ctx: &Context, args: &CacheArgs) -> anyhow::Result<()> {
     // Everything happens under a temporary directory: the project's cache,
     // figures and pipelines are only read.
     let tmp = tempfile::Builder::new().prefix("e2h-bench-").tempdir()?;
-    println!("Cache overhead (in a temporary project and cache)");
+    outln!("Cache overhead (in a temporary project and cache)");
     bench_cached_pipeline(ctx, args, tmp.path())?;
     bench_checkpoint_hashing(args, &tmp.path().join("checkpoint-cache"))
 }
@@ -449,7 +449,7 @@ fn bench_cached_pipeline(ctx: &Context, args: &CacheArgs, tmp: &Path) -> anyhow:
         })
         .sum();
     anyhow::ensure!(valid == plan.stages.len(), "only {valid} of {} entries are cached after a run", plan.stages.len());
-    println!(
+    outln!(
         "  figure {} ({} profile, {} stages): first run {:.2} s; fully cached run {:.3} s best, {:.3} s median of {} (whole process) -> target < 1 s: {}",
         args.figure,
         args.profile,
@@ -460,7 +460,7 @@ fn bench_cached_pipeline(ctx: &Context, args: &CacheArgs, tmp: &Path) -> anyhow:
         cached.len(),
         if median < 1.0 { "met" } else { "missed" }
     );
-    println!(
+    outln!(
         "    of which planning {:.1} ms, verifying {} entries ({:.2} MB) {:.1} ms",
         plan_time.as_secs_f64() * 1e3,
         valid,
@@ -521,7 +521,7 @@ fn bench_checkpoint_hashing(args: &CacheArgs, cache_dir: &Path) -> anyhow::Resul
         verify.add((bytes as f64, took));
     }
     let mb = bytes as f64 / 1e6;
-    println!(
+    outln!(
         "  {mb:.0} MB checkpoint entry: commit (hash + metadata) {:.3} s, verify {:.3} s = {:.2} GB/s (file in the page cache)",
         commit_time.as_secs_f64(),
         bytes as f64 / verify.0,
@@ -603,7 +603,7 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
     }
     let mean_ms = total.as_secs_f64() * 1e3 / args.steps.max(1) as f64;
     let precision = e2h_unet::precision(&device);
-    println!(
+    outln!(
         "U-Net training step (e2h-unet on {}, {}): width {}, {:?}, {} parameters, batch {batch}",
         precision.device,
         precision.label(),
@@ -611,14 +611,14 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
         args.channel_mult,
         trainer.param_count()
     );
-    println!(
+    outln!(
         "  {mean_ms:.1} ms per step (mean of {}, best {:.1} ms; warm-up step {:.1} ms)",
         args.steps.max(1),
         best.as_secs_f64() * 1e3,
         warmup.as_secs_f64() * 1e3
     );
     if !on_gpu {
-        println!(
+        outln!(
             "  the GPU comparison with PyTorch needs the cuda build on a GPU machine:\n    \
              cargo build --release -p xtask --features cuda && \
              target/release/xtask bench unet --device cuda --width 128 --tf32"
@@ -627,12 +627,12 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
     if args.torch || on_gpu {
         match torch_peer(ctx, args, batch) {
             Ok((ms, params)) => {
-                println!("  PyTorch peer: {ms:.1} ms per step ({params} parameters) -> project / PyTorch = {:.2}", mean_ms / ms);
+                outln!("  PyTorch peer: {ms:.1} ms per step ({params} parameters) -> project / PyTorch = {:.2}", mean_ms / ms);
                 if params != trainer.param_count() as u64 {
-                    println!("  warning: the peer's parameter count differs from the project's");
+                    outln!("  warning: the peer's parameter count differs from the project's");
                 }
             }
-            Err(e) => println!("  PyTorch peer not run: {e:#}"),
+            Err(e) => outln!("  PyTorch peer not run: {e:#}"),
         }
     }
     Ok(())

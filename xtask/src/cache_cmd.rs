@@ -15,7 +15,9 @@ pub enum CacheAction {
     /// List entries: key, pipeline, stage, size, when computed, and whether
     /// other code than this build's made it.
     Ls,
-    /// Verify every entry's content hashes; report (and with --fix remove) corrupt ones.
+    /// Verify every entry's content hashes; report (and with --fix remove) corrupt
+    /// ones, entries that are not directories, and temporary folders left by
+    /// interrupted runs.
     Verify {
         #[arg(long)]
         fix: bool,
@@ -58,7 +60,7 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                     EntryStatus::Valid(m) => {
                         let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
                         total += bytes;
-                        println!(
+                        outln!(
                             "{}  {:<28} {:<40} {:>10}  {}{}",
                             &key[..12],
                             m.pipeline,
@@ -68,11 +70,11 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                             provenance(ctx, &m)
                         );
                     }
-                    EntryStatus::Corrupt(r) => println!("{}  CORRUPT: {r}", &key[..12]),
+                    EntryStatus::Corrupt(r) => outln!("{}  CORRUPT: {r}", &key[..12]),
                     EntryStatus::Missing => {}
                 }
             }
-            println!("total {}", human_bytes(total));
+            outln!("total {}", human_bytes(total));
         }
         CacheAction::Verify { fix } => {
             let (mut ok, mut bad) = (0, 0);
@@ -81,29 +83,43 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                     EntryStatus::Valid(_) => ok += 1,
                     EntryStatus::Corrupt(r) => {
                         bad += 1;
-                        println!("corrupt {key}: {r}");
+                        outln!("corrupt {key}: {r}");
                         if fix {
                             cache.discard(&key)?;
-                            println!("  removed");
+                            outln!("  removed");
                         }
                     }
                     EntryStatus::Missing => {}
                 }
             }
-            println!("{ok} valid, {bad} corrupt");
+            // Temporary folders of killed runs: invisible to runs, but disk space lost.
+            let stale = cache.stale_tmp()?;
+            for p in &stale {
+                outln!("leftover temporary {}", p.display());
+                if fix {
+                    std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p))?;
+                    outln!("  removed");
+                }
+            }
+            outln!("{ok} valid, {bad} corrupt, {} leftover temporary", stale.len());
             anyhow::ensure!(bad == 0 || fix, "{bad} corrupt cache entries (rerun with --fix to remove them)");
+            anyhow::ensure!(
+                stale.is_empty() || fix,
+                "{} leftover temporary folders of interrupted runs (rerun with --fix to remove them)",
+                stale.len()
+            );
         }
         CacheAction::Gc { dry_run } => {
             let keep = referenced_keys(ctx)?;
             if dry_run {
                 for key in cache.keys()? {
                     if !keep.contains(&key) {
-                        println!("would remove {key}");
+                        outln!("would remove {key}");
                     }
                 }
             } else {
                 let removed = cache.gc(&keep)?;
-                println!("removed {} entries, kept {}", removed.len(), keep.len());
+                outln!("removed {} entries, kept {}", removed.len(), keep.len());
             }
         }
         CacheAction::Adopt { stages, figure, pipeline, profile, by } => {
@@ -134,7 +150,7 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                         } else {
                             format!("code changed ({})", changed.join(", "))
                         };
-                        println!(
+                        outln!(
                             "adopted  {:<40} {} -> {}  ({why}; by {} at {}, recorded in its meta.json)",
                             stage.name,
                             &from_key[..12],
@@ -145,11 +161,11 @@ pub fn run(ctx: &Context, action: CacheAction) -> anyhow::Result<()> {
                     }
                     AdoptOutcome::AlreadyCurrent { adopted } => {
                         let what = if adopted { "adopted earlier" } else { "made by the current code" };
-                        println!("current  {:<40} {}  ({what}; nothing to adopt)", stage.name, &stage.key[..12]);
+                        outln!("current  {:<40} {}  ({what}; nothing to adopt)", stage.name, &stage.key[..12]);
                     }
                 }
             }
-            println!("adopted entries are reused by `figure` and `run`, flagged by `cache ls`, and recomputed by `check`");
+            outln!("adopted entries are reused by `figure` and `run`, flagged by `cache ls`, and recomputed by `check`");
         }
     }
     Ok(())
@@ -207,7 +223,7 @@ fn referenced_keys(ctx: &Context) -> anyhow::Result<BTreeSet<String>> {
     Ok(keep)
 }
 
-fn collect_yaml(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn collect_yaml(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
         let p = e.path();
         if p.is_dir() {

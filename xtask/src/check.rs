@@ -38,7 +38,7 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<()> {
     let mut total = 0usize;
     for path in pipelines {
         let (spec, plan) = ctx.plan(&path, Some(&args.profile))?;
-        println!("== {} (profile {})", plan.pipeline, plan.profile);
+        outln!("== {} (profile {})", plan.pipeline, plan.profile);
         // Only results of the code that runs now are checked: entries of other
         // code have other keys, and adopted ones are recomputed.
         let options = RunOptions { show_progress: true, recompute_adopted: true, ..RunOptions::default() };
@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<()> {
             if let StageOutcome::Run(reason) = &stage.outcome
                 && !matches!(reason, RunReason::Missing)
             {
-                println!("ran  {} ({reason})", stage.name);
+                outln!("ran  {} ({reason})", stage.name);
             }
         }
         for check in spec.file.checks.iter().filter(|c| c.applies_to(&plan.profile)) {
@@ -59,7 +59,7 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<()> {
             if !result.passed {
                 failures += 1;
             }
-            println!("{result}");
+            outln!("{result}");
         }
         for reg in &spec.file.regression {
             for stage in plan.instances_of(&reg.stage) {
@@ -73,28 +73,28 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<()> {
                 let label = format!("[{} / {}] table {}/{} matches its baseline", plan.pipeline, plan.profile, stage.name, reg.table);
                 if !file.exists() {
                     failures += 1;
-                    println!("FAIL {label}: no baseline at {} (run `cargo xtask check --bless`)", rel(ctx, &file));
+                    outln!("FAIL {label}: no baseline at {} (run `cargo xtask check --bless`)", rel(ctx, &file));
                     continue;
                 }
                 let expected = e2h_engine::table::read_parquet(&file).with_context(|| format!("reading {}", file.display()))?;
                 let mismatches = compare(&actual, &expected, reg.rtol, reg.atol, 3)?;
                 if mismatches.is_empty() {
-                    println!("ok   {label} (rtol {}, atol {})", reg.rtol, reg.atol);
+                    outln!("ok   {label} (rtol {}, atol {})", reg.rtol, reg.atol);
                 } else {
                     failures += 1;
-                    println!("FAIL {label} (rtol {}, atol {}):", reg.rtol, reg.atol);
+                    outln!("FAIL {label} (rtol {}, atol {}):", reg.rtol, reg.atol);
                     for m in mismatches.iter().take(12) {
-                        println!("       {m}");
+                        outln!("       {m}");
                     }
                 }
             }
         }
     }
     if args.bless {
-        println!("baselines written under {}", rel(ctx, &baselines));
+        outln!("baselines written under {}", rel(ctx, &baselines));
         return Ok(());
     }
-    println!("{} passed, {failures} failed", total - failures);
+    outln!("{} passed, {failures} failed", total - failures);
     anyhow::ensure!(failures == 0, "{failures} of {total} checks failed");
     Ok(())
 }
@@ -134,6 +134,6 @@ fn bless(file: &Path, mut actual: polars::prelude::DataFrame, stage: &str, table
     };
     std::fs::create_dir_all(file.parent().expect("baseline has a parent"))?;
     e2h_engine::table::write_parquet(&mut actual, file, &[])?;
-    println!("bless {stage}/{table}: {summary}");
+    outln!("bless {stage}/{table}: {summary}");
     Ok(())
 }

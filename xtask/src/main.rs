@@ -1,9 +1,22 @@
 //! `cargo xtask`: the project's command line (rust-analyzer style: one module per task).
 
+/// `println!` that ends the program quietly when stdout is closed (`xtask ... |
+/// head`), as cargo and ripgrep do, instead of panicking.
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with the same behaviour as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
 mod bench;
 mod cache_cmd;
 mod check;
 mod figure;
+mod kinds;
 mod pipeline;
 mod root;
 mod run_stage;
@@ -49,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         action: cache_cmd::CacheAction,
     },
+    /// The stage kinds a pipeline may name; with KIND, its params and the tables it writes.
+    Kinds { kind: Option<String> },
     /// Benchmarks against bounds and peers (NumPy, PyTorch), printed as ratios.
     Bench(bench::BenchArgs),
     /// Compute one stage instance (what a Slurm job runs).
@@ -69,9 +84,27 @@ fn keep_candle_elementwise_on_one_thread() {
     }
 }
 
+/// Writes to stdout; a closed stdout (the reader is gone) ends the program with
+/// exit 0: everything it asked for was done, only the rest of the report is unread.
+pub(crate) fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     keep_candle_elementwise_on_one_thread();
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal, never in logs or pipes.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("E2H_LOG").unwrap_or_else(|_| "info".into()),
         )
@@ -91,6 +124,7 @@ fn main() -> std::process::ExitCode {
         Command::Cache { action } => cache_cmd::run(&ctx, action),
         Command::Bench(args) => bench::run(&ctx, &args),
         Command::RunStage(args) => run_stage::run(&ctx, &args),
+        Command::Kinds { kind } => kinds::run(&ctx, kind.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

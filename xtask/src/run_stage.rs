@@ -49,8 +49,8 @@ pub fn run(ctx: &Context, args: &RunStageArgs) -> anyhow::Result<()> {
     marker.write(&args.marker).with_context(|| format!("cannot write the status marker {}", args.marker.display()))?;
     let outcome = result?;
     match outcome {
-        StageOutcome::Run(reason) => println!("{}: computed in {:.1} s ({reason})", args.instance, started.elapsed().as_secs_f64()),
-        StageOutcome::Cached => println!("{}: already in the cache", args.instance),
+        StageOutcome::Run(reason) => outln!("{}: computed in {:.1} s ({reason})", args.instance, started.elapsed().as_secs_f64()),
+        StageOutcome::Cached => outln!("{}: already in the cache", args.instance),
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod code;
 mod full_disk;
+mod hostile;
 mod root;
 mod slurm;
 mod util;
