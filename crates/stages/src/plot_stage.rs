@@ -316,7 +316,7 @@ impl Stage for PlotFigure {
                 ))
             };
             let main = table(&panel.table, at("table"))?;
-            for (field, col) in [("x", &panel.x), ("split", &panel.split)] {
+            for (field, col) in [("x", &panel.x), ("split", &panel.split), ("x_tick_labels", &panel.x_tick_labels)] {
                 if let Some(col) = col {
                     column(main, col, at(field))?;
                 }
