@@ -183,7 +183,7 @@ impl StageContext {
             ("e2h.stage".to_string(), self.name.clone()),
             ("e2h.columns".to_string(), serde_json::to_string(&columns).expect("strings serialize")),
         ];
-        table::write_parquet(df, &path, &kv).map_err(|source| EngineError::WriteTable {
+        table::write_parquet_described(df, &path, &kv, &columns).map_err(|source| EngineError::WriteTable {
             path: path.clone(),
             table: name.into(),
             source,

@@ -25,6 +25,33 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path, metadata: &[(String, Strin
     }
 }
 
+/// Writes `df` like [`write_parquet`], with each column's definition also in
+/// its Arrow field metadata (key `description`), so that Arrow readers show it
+/// per column (`pyarrow.parquet.read_table(f).schema.field("x").metadata`).
+pub fn write_parquet_described(
+    df: &mut DataFrame,
+    path: &Path,
+    metadata: &[(String, String)],
+    definitions: &std::collections::BTreeMap<String, String>,
+) -> PolarsResult<u64> {
+    // The writer stores the Arrow schema it derives from the frame under
+    // `ARROW:schema` unless given one: give it the same schema, described.
+    let mut schema = df.schema().to_arrow(CompatLevel::newest());
+    for field in schema.iter_values_mut() {
+        if let Some(definition) = definitions.get(field.name.as_str()) {
+            let mut md = field.metadata.as_deref().cloned().unwrap_or_default();
+            md.insert("description".into(), definition.as_str().into());
+            field.metadata = Some(Arc::new(md));
+        }
+    }
+    let arrow_schema = polars_parquet::write::schema_to_metadata_key(&schema);
+    let mut kv = metadata.to_vec();
+    if let Some(value) = arrow_schema.value {
+        kv.push((arrow_schema.key, value));
+    }
+    write_parquet(df, path, &kv)
+}
+
 /// A file that remembers the first error its writes returned.
 struct IoErrorKeeper {
     file: File,

@@ -262,6 +262,13 @@ fn every_column_is_defined_and_swept_params_are_columns() {
             for c in &names {
                 assert!(t["columns"][c].is_string(), "table {table}: column {c} has no definition");
             }
+            // The definitions are in each Arrow field's metadata too (what pyarrow shows).
+            use polars::prelude::SerReader;
+            let schema = polars::prelude::ParquetReader::new(fs::File::open(&file).unwrap()).schema().unwrap();
+            for field in schema.iter_values() {
+                let description = field.metadata.as_ref().and_then(|m| m.get("description").map(|d| d.to_string()));
+                assert_eq!(description.as_deref(), t["columns"][field.name.as_str()].as_str(), "{table}.{}", field.name);
+            }
         }
     }
 }
