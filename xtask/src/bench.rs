@@ -307,7 +307,7 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
 /// readouts, as Figure 2 evaluates them at every logged point: milliseconds
 /// per call on one thread, against the target of 10 ms.
 fn bench_network_loss(single_pool: &rayon::ThreadPool, rounds: usize, round_seconds: f64) {
-    println!("\nExact population losses of K = 2 neurons with readouts (MCM and surrogate; tanh(2y), t 0.3), one thread:");
+    outln!("\nExact population losses of K = 2 neurons with readouts (MCM and surrogate; tanh(2y), t 0.3), one thread:");
     // Two neurons with overlaps on u, v and the bulk, and nonzero readouts.
     let state = NetworkState::from_coordinates(
         &[vec![0.8, 0.3, 0.52, 0.0], vec![0.2, 0.7, 0.1, 0.68]],
@@ -332,7 +332,7 @@ fn bench_network_loss(single_pool: &rayon::ThreadPool, rounds: usize, round_seco
             }
         });
         let ms = 1e3 / per_call.rate();
-        println!("  {name}: {ms:.2} ms per call; target < 10 ms: {}", if ms < 10.0 { "met" } else { "missed" });
+        outln!("  {name}: {ms:.2} ms per call; target < 10 ms: {}", if ms < 10.0 { "met" } else { "missed" });
     }
 }
 
