@@ -139,11 +139,7 @@ impl StageContext {
         let file = format!("{name}.parquet");
         let path = self.out_dir.join(&file);
         let mut columns: BTreeMap<String, String> = columns.iter().map(|(c, d)| (c.to_string(), d.to_string())).collect();
-        let undeclared = |message: String| EngineError::WriteTable {
-            path: path.clone(),
-            table: name.into(),
-            source: polars::error::PolarsError::SchemaMismatch(message.into()),
-        };
+        let undeclared = |message: String| EngineError::TableDeclaration { table: name.into(), message };
         if !self.declared.is_empty() {
             let Some(doc) = self.declared.iter().find(|t| t.name == name) else {
                 return Err(undeclared(format!("the kind does not declare a table `{name}`")));

@@ -48,6 +48,9 @@ pub enum EngineError {
     /// A single instance was asked for before its upstream was computed.
     #[error("stage `{stage}` cannot run: its upstream `{upstream}` is not ready: {reason}")]
     UpstreamNotReady { stage: String, upstream: String, reason: String },
+    /// A kind wrote a table other than it declares (`Stage::tables`).
+    #[error("{message}")]
+    TableDeclaration { table: String, message: String },
     #[error("stage `{stage}` has no input named `{input}`")]
     NoSuchInput { stage: String, input: String },
     #[error("input `{input}` of stage `{stage}` has no table `{table}`")]

@@ -296,3 +296,52 @@ fn deeply_nested_yaml_is_refused_before_parsing() {
     let err = load_plan(&path, quoted.clone(), &sb.registry, None).err();
     assert!(err.as_ref().is_none_or(|e| !e.to_string().contains("nested")), "{err:?}");
 }
+
+// A kind that declares one table but writes another column than declared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredParams {
+    #[serde(default)]
+    extra: bool,
+}
+
+struct Declared;
+
+impl Stage for Declared {
+    type Params = DeclaredParams;
+    const KIND: &'static str = "toy.declared";
+    const VERSION: &'static str = "1";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        vec![e2h_engine::TableDoc::new("t", &[("a", "the a column"), ("b", "the b column")])]
+    }
+
+    fn run(&self, p: Self::Params, ctx: &mut StageContext) -> Result<(), StageError> {
+        use polars::prelude::*;
+        let mut columns = vec![Column::new("a".into(), vec![1.0]), Column::new("b".into(), vec![2.0])];
+        if p.extra {
+            columns.push(Column::new("c".into(), vec![3.0]));
+        }
+        let mut df = DataFrame::new_infer_height(columns)?;
+        // Only `a` is defined here: `b` takes its declared definition.
+        ctx.put_table("t", &mut df, &[("a", "a, defined where written")])?;
+        Ok(())
+    }
+}
+
+#[test]
+fn declared_tables_are_enforced_and_fill_in_definitions() {
+    let sb = Sandbox::new();
+    let mut registry = toy_registry(&sb.log, 1.0);
+    registry.register(Declared);
+    let plan = sb.plan_with(&registry, "name: d\nstages:\n  s:\n    kind: toy.declared\n", None);
+    sb.run_opts(&registry, &plan, RunOptions::default());
+    let EntryStatus::Valid(meta) = sb.cache.status(&plan.stages[0].key) else { panic!("no entry") };
+    let columns = &meta.tables["t"].columns;
+    assert_eq!(columns["a"], "a, defined where written");
+    assert_eq!(columns["b"], "the b column");
+
+    let plan = sb.plan_with(&registry, "name: d\nstages:\n  s:\n    kind: toy.declared\n    params: {extra: true}\n", None);
+    let err = Runner::new(&registry, &sb.cache, RunOptions::default()).run(&plan).unwrap_err();
+    assert!(err.to_string().contains("undeclared [c]"), "{err}");
+}

@@ -42,6 +42,10 @@ pub struct GaussianModelStage;
 impl Stage for GaussianModelStage {
     type Params = GaussianModelParams;
     const KIND: &'static str = "cifar.gaussian_model";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::cifar_tables::gaussian_model()
+    }
     const ABOUT: &'static str = "mean, covariance and its eigendecomposition of the CIFAR-10 training images";
 
     fn param_docs() -> Vec<e2h_engine::ParamDoc> {
@@ -151,6 +155,10 @@ pub struct WienerBaseline;
 impl Stage for WienerBaseline {
     type Params = WienerParams;
     const KIND: &'static str = "cifar.wiener_baseline";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::cifar_tables::wiener_baseline()
+    }
     const ABOUT: &'static str = "the optimal linear (Wiener) denoiser's epsilon-MSE: analytic, on real test images and on surrogate samples";
 
     fn param_docs() -> Vec<e2h_engine::ParamDoc> {

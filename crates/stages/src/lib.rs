@@ -4,6 +4,7 @@
 //! Science crates know nothing of YAML or caching; the engine knows nothing of
 //! diffusion. This crate is the only place where the two meet.
 
+mod cifar_tables;
 pub mod cifar_stages;
 pub mod code;
 mod frame;

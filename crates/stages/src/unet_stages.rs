@@ -137,6 +137,10 @@ pub struct UnetTrain;
 impl Stage for UnetTrain {
     type Params = UnetTrainParams;
     const KIND: &'static str = "unet.train";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::cifar_tables::unet_train()
+    }
     const ABOUT: &'static str = "trains a DDPM U-Net on CIFAR-10 (resumable) and evaluates it on real and surrogate images against the Wiener line";
 
     fn param_docs() -> Vec<e2h_engine::ParamDoc> {
@@ -244,19 +248,24 @@ impl Stage for UnetTrain {
     }
 
     fn footprint(p: &Self::Params) -> Footprint {
-        // Host memory: the images as f32, and (on a CPU) the weights with their
-        // gradients and Adam moments (~35.7M parameters at width 128, growing
-        // with its square) and about 40 activation maps per image.
+        // Host memory: the images as f32 and a copy of the weights; on a CPU
+        // also their gradients and Adam moments (~35.7M parameters at width 128,
+        // growing with its square) and the activations: about 40 maps per image
+        // kept for the backward pass, 8 live ones per image when evaluating.
         let width = p.model.base_channels as f64;
         let parameters = 35.7e6 * (width / 128.0).powi(2);
         let images = (p.train_limit.unwrap_or(crate::cifar_stages::TRAIN_IMAGES) + 2 * p.eval_images) as f64;
-        let activations = p.batch_size.max(p.eval_batch) as f64 * (SIZE * SIZE) as f64 * width * 4.0 * 40.0;
+        let map = (SIZE * SIZE) as f64 * width * 4.0;
+        let activations = (p.batch_size as f64 * map * 40.0).max(p.eval_batch as f64 * map * 8.0);
+        let on_cpu = p.device.trim() == "cpu";
+        let bytes = images * DIM as f64 * 4.0 + if on_cpu { parameters * 16.0 + activations } else { parameters * 4.0 };
         Footprint::new(
-            images * DIM as f64 * 4.0 + parameters * 16.0 + activations,
+            bytes,
             format!(
-                "images x 12 KiB + parameters x 16 B + batch x 32 x 32 x base_channels x 160 B; base_channels = {}, batch = {}",
-                p.model.base_channels,
-                p.batch_size.max(p.eval_batch)
+                "images x 12 KiB + parameters x 16 B + activations (batch_size x 40 or eval_batch x 8 maps of 32 x 32 x \
+                 base_channels x 4 B) on a CPU; on a GPU only the images and a copy of the weights are in host memory; \
+                 base_channels = {}, batch_size = {}, eval_batch = {}, device = {}",
+                p.model.base_channels, p.batch_size, p.eval_batch, p.device
             ),
         )
     }
@@ -525,6 +534,10 @@ impl Estimate {
 impl Stage for UnetCrossings {
     type Params = CrossingParams;
     const KIND: &'static str = "unet.crossings";
+
+    fn tables() -> Vec<e2h_engine::TableDoc> {
+        crate::cifar_tables::unet_crossings()
+    }
     const ABOUT: &'static str = "per noise level, the first step at which the U-Net's real-image loss falls below the Wiener line";
 
     fn param_docs() -> Vec<e2h_engine::ParamDoc> {
