@@ -97,7 +97,7 @@ pub fn execute(ctx: &Context, pipeline_file: &Path, plan: &Plan, args: &RunArgs)
     if args.dry_run {
         for (j, job) in jobs.iter().enumerate() {
             let after: Vec<&str> = dependencies[j].iter().map(|&u| jobs[u].stage.as_str()).collect();
-            println!("\n# job {} of {}: {}", j + 1, jobs.len(), job.script_path(&paths).display());
+            outln!("\n# job {} of {}: {}", j + 1, jobs.len(), job.script_path(&paths).display());
             let mut line = "# sbatch --parsable".to_string();
             if !after.is_empty() {
                 line += &format!(" --dependency=afterok:<jobs of {}>", after.join(", "));
@@ -105,14 +105,14 @@ pub fn execute(ctx: &Context, pipeline_file: &Path, plan: &Plan, args: &RunArgs)
             for extra in &args.slurm_arg {
                 line += &format!(" {}", script::quote(extra));
             }
-            println!("{line} {}", job.script_path(&paths).display());
-            print!("{}", job.render(&paths));
+            outln!("{line} {}", job.script_path(&paths).display());
+            out!("{}", job.render(&paths));
         }
-        println!("\n{} job{} ({tasks} stage instances) would be submitted", jobs.len(), plural(jobs.len()));
+        outln!("\n{} job{} ({tasks} stage instances) would be submitted", jobs.len(), plural(jobs.len()));
         return Ok(SlurmOutcome { computed: BTreeMap::new() });
     }
     if jobs.is_empty() {
-        println!("slurm: every stage is cached, nothing to submit");
+        outln!("slurm: every stage is cached, nothing to submit");
         return Ok(SlurmOutcome { computed: BTreeMap::new() });
     }
 
@@ -144,13 +144,13 @@ pub fn execute(ctx: &Context, pipeline_file: &Path, plan: &Plan, args: &RunArgs)
         let what = if job.is_array() { format!("array job {id} ({} tasks)", job.tasks.len()) } else { format!("job {id}") };
         let after_names: Vec<String> = dependencies[j].iter().map(|&u| format!("{} ({})", jobs[u].stage, ids[u])).collect();
         let after_text = if after_names.is_empty() { String::new() } else { format!(", after {}", after_names.join(", ")) };
-        println!("  submitted {:<28} as {what}{after_text}", job.stage);
+        outln!("  submitted {:<28} as {what}{after_text}", job.stage);
         ids.push(id);
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
     }
-    println!("slurm: {} job{} ({tasks} stage instances); logs and status markers in {}", ids.len(), plural(ids.len()), paths.run_dir.display());
+    outln!("slurm: {} job{} ({tasks} stage instances); logs and status markers in {}", ids.len(), plural(ids.len()), paths.run_dir.display());
 
     let mut tasks_state: Vec<Task> = jobs
         .iter()
@@ -234,7 +234,7 @@ pub fn execute(ctx: &Context, pipeline_file: &Path, plan: &Plan, args: &RunArgs)
         }
         let progress = progress_line(&tasks_state);
         if progress != last_progress {
-            println!("slurm: {progress}");
+            outln!("slurm: {progress}");
             last_progress = progress;
         }
         if tasks_state.iter().all(|t| t.state.is_final()) {
