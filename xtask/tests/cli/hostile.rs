@@ -272,3 +272,20 @@ fn every_column_is_defined_and_swept_params_are_columns() {
         }
     }
 }
+
+#[test]
+fn two_forced_runs_at_once_both_succeed() {
+    let root = TestRoot::new("forced");
+    root.write("pipelines/fig8-plotted.yaml", &plotted("fig8-plotted", "figures/fig8"));
+    root.xtask(&["figure", "8"]).success();
+    for _ in 0..3 {
+        let children: Vec<_> = (0..2)
+            .map(|_| root.command(&["figure", "8", "--force"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    root.xtask(&["cache", "verify"]).success().stdout_has("2 valid, 0 corrupt, 0 leftover temporary");
+}
