@@ -105,7 +105,8 @@ fn rel(ctx: &Context, p: &Path) -> String {
 
 /// `baselines/<pipeline>/<profile>/<stage instance>/<table>.parquet`.
 fn baseline_path(root: &Path, plan: &Plan, stage: &str, table: &str) -> PathBuf {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=".contains(c) { c } else { '_' }).collect::<String>();
+    // Plain file names: a table named `..` must not lead out of the baselines.
+    let clean = e2h_engine::limits::file_name_component;
     root.join(clean(&plan.pipeline)).join(clean(&plan.profile)).join(clean(stage)).join(format!("{}.parquet", clean(table)))
 }
 
