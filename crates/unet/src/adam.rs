@@ -112,7 +112,7 @@ impl Adam {
             eps: c.eps,
             step_size,
             inv_bc2_sqrt: 1.0 / bc2_sqrt,
-            decay: (c.weight_decay != 0.0).then(|| 1.0 - lr * c.weight_decay),
+            decay: (c.weight_decay != 0.0).then_some(1.0 - lr * c.weight_decay),
             grad_scale,
         };
         for (i, (_, var)) in self.params.iter().enumerate() {

@@ -166,7 +166,7 @@ impl CustomOp3 for GroupNormBackward {
                 let g = idx % spec.groups;
                 let (mean, rstd) = stats(xs, spec.eps);
                 let (mut sum_d, mut sum_dx) = (0f64, 0f64);
-                for ci in 0..cpg {
+                for (ci, channel_sums) in part.iter_mut().enumerate() {
                     let ch = g * cpg + ci;
                     let (ga, be) = (gamma[ch], beta[ch]);
                     let (mut dgamma, mut dbeta) = (0f64, 0f64);
@@ -191,7 +191,7 @@ impl CustomOp3 for GroupNormBackward {
                         sum_dx += f64::from(dxhat * xhat);
                         *d = dxhat;
                     }
-                    part[ci] = (dgamma, dbeta);
+                    *channel_sums = (dgamma, dbeta);
                 }
                 let n = group as f64;
                 let (m1, m2) = ((sum_d / n) as f32, (sum_dx / n) as f32);
