@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ fn submissions(run: &Run) -> Vec<(String, String, usize)> {
         .filter_map(|l| {
             let rest = l.trim().strip_prefix("submitted ")?;
             let (stage, rest) = rest.split_once(" as ")?;
-            let words: Vec<&str> = rest.split(|c: char| c == ' ' || c == ',' || c == '(' || c == ')').filter(|w| !w.is_empty()).collect();
+            let words: Vec<&str> = rest.split([' ', ',', '(', ')']).filter(|w| !w.is_empty()).collect();
             let (id, tasks) = match words.as_slice() {
                 ["array", "job", id, n, "tasks", ..] => (id.to_string(), n.parse().ok()?),
                 ["job", id, ..] => (id.to_string(), 1),
@@ -369,11 +369,12 @@ fn ctrl_c_cancels_the_drivers_jobs_and_only_those() {
     let bystander = String::from_utf8_lossy(&bystander.stdout).trim().split(';').next().unwrap().to_string();
 
     let driver = spawn(slurm_command(&root, &["run", file.to_str().unwrap(), "--executor", "slurm"]));
-    let scripts = |root: &Path| {
-        fs::read_dir(root.join("slurm")).into_iter().flatten().flatten().any(|d| d.path().join("figure.sh").exists())
-    };
-    wait_for("the jobs to be submitted", Duration::from_secs(30), || scripts(&root.cache()));
-    std::thread::sleep(Duration::from_millis(1500));
+    // The plot's job is submitted last.
+    let figure_job = format!("e2h-{name}-figure");
+    wait_for("the jobs to be submitted", Duration::from_secs(60), || {
+        let out = Command::new("squeue").args(["--noheader", "--states=pending,running", "--format=%i", "--name", &figure_job]).output().unwrap();
+        !out.stdout.is_empty()
+    });
     let status = Command::new("kill").args(["-INT", &driver.id().to_string()]).status().unwrap();
     assert!(status.success());
     let run = finish(driver, "interrupted driver").failure();

@@ -191,10 +191,14 @@ impl std::fmt::Display for Run {
 /// Where none does, a test that needs one fails under CI (`CI` set, as
 /// `.ci/run` does after starting the local cluster) and is skipped elsewhere.
 pub fn slurm_cluster(test: &str) -> bool {
-    let up = Command::new("sinfo")
-        .args(["--noheader", "--format=%a"])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "up"));
+    // Asked once: with Slurm installed but no controller, `sinfo` retries for a minute.
+    static UP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let up = *UP.get_or_init(|| {
+        Command::new("sinfo")
+            .args(["--noheader", "--format=%a"])
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "up"))
+    });
     if up {
         return true;
     }
