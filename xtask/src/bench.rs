@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use e2h_engine::cache::EntryMeta;
 use e2h_engine::{Cache, EntryStatus};
 use e2h_mcm::model::{SimRng, rng_for};
-use e2h_mcm::simulate::{self, PsgdConfig};
+use e2h_mcm::simulate::{self, PsgdConfig, Readout, Simulator};
 use e2h_mcm::{Activation, Coupling, Mcm, McmParams, NetworkLoss, NetworkState, NoiseLevel, NuLaw};
 use rand::RngCore;
 use rand_distr::{Distribution, StandardNormal};
@@ -129,17 +129,20 @@ fn rate(x: f64) -> String {
 #[derive(clap::Args, Debug, Clone)]
 pub struct McmArgs {
     /// Dimensions.
-    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 512])]
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 1024, 65536])]
     pub d: Vec<usize>,
     /// Seconds spent on each measurement (split over the rounds).
     #[arg(long, default_value_t = 0.8)]
     pub seconds: f64,
-    /// Interleaved rounds per measurement (one thread: summed; all threads: the best).
+    /// Interleaved rounds per measurement (summed over the thread's CPU time).
     #[arg(long, default_value_t = 8)]
     pub rounds: usize,
     /// Replicas the NumPy peer vectorises over.
     #[arg(long, default_value_t = 256)]
     pub numpy_replicas: usize,
+    /// The NumPy peer runs only up to this d (its arrays are replicas x d).
+    #[arg(long, default_value_t = 4096)]
+    pub numpy_max_d: usize,
     /// Skip the NumPy peer.
     #[arg(long)]
     pub no_numpy: bool,
@@ -150,22 +153,23 @@ pub struct McmArgs {
 
 /// The setting of the NumPy peer and of SPEC.md's defaults: one tanh(2y)
 /// neuron, beta_u = 2, beta_v = 5, Rademacher nu, independent latents, t = 0.3.
-fn mcm_setting(d: usize) -> (Mcm, PsgdConfig) {
+fn mcm_setting(d: usize, simulator: Simulator) -> (Mcm, PsgdConfig) {
     let params = McmParams { d, beta_u: 2.0, beta_v: 5.0, nu: NuLaw::Rademacher, coupling: Coupling::None };
     let cfg = PsgdConfig {
         noise: NoiseLevel::at(0.3),
         neurons: 1,
         activation: Activation::Tanh2,
-        a: 1.0,
+        readout: Readout::Fixed { a: 1.0 },
         delta: 0.5,
         lr_exponent: 1.0,
+        simulator,
     };
     (Mcm::new(params, 1), cfg)
 }
 
 /// Draws the 2d + 2 normals of `samples` samples with the simulation's
-/// generator and normal sampler, and nothing else (the bound); returns the
-/// number of samples.
+/// generator and normal sampler, and nothing else (the bound of the full
+/// simulator); returns the number of samples.
 fn draw_normals_only(d: usize, samples: u64, rng: &mut SimRng) -> f64 {
     let mut buf = vec![0.0f64; 2 * d + 2];
     for _ in 0..samples {
@@ -190,44 +194,44 @@ fn psgd(model: &Mcm, cfg: PsgdConfig, replicas: u64, samples: u64) -> f64 {
 
 struct McmRow {
     d: usize,
-    /// Per thread, per CPU second where available.
+    /// Per second of one thread's CPU time.
     bound: f64,
-    single: f64,
-    /// All threads, per wall-clock second.
-    all: f64,
+    full: f64,
+    reduced: f64,
     numpy: Option<PeerRate>,
 }
 
+/// Samples a round of `work` should take to last `seconds`, from a first short run.
+fn round_size(seconds: f64, mut work: impl FnMut(u64) -> f64) -> u64 {
+    let (n, t) = timed(|| work(200));
+    ((n / t.as_secs_f64().max(1e-9)) * seconds).max(100.0) as u64
+}
+
 fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
-    let threads = rayon::current_num_threads();
     let single_pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let rounds = args.rounds.max(1);
     let round_seconds = args.seconds / rounds as f64;
     let per_thread = if thread_cpu_time().is_some() { "per second of the thread's CPU time" } else { "best round" };
-    outln!("MCM online pSGD, one tanh(2y) neuron, beta_u 2, beta_v 5, Rademacher nu, t 0.3 (replica-samples/s)");
+    outln!("MCM online pSGD, one tanh(2y) neuron, beta_u 2, beta_v 5, Rademacher nu, t 0.3 (replica-samples/s, one thread)");
     let mut rows = Vec::new();
     for &d in &args.d {
-        let (model, cfg) = mcm_setting(d);
+        let (model, full_cfg) = mcm_setting(d, Simulator::Full);
+        let reduced_cfg = PsgdConfig { simulator: Simulator::Reduced, ..full_cfg };
         let mut rng = rng_for(1, 0);
-        // Size the rounds from a first short run of each.
-        let (n, t) = timed(|| draw_normals_only(d, 2000, &mut rng));
-        let bound_samples = ((n / t.as_secs_f64()) * round_seconds).max(100.0) as u64;
-        let (n, t) = timed(|| single_pool.install(|| psgd(&model, cfg, 1, 2000)));
-        let psgd_samples = ((n / t.as_secs_f64()) * round_seconds).max(100.0) as u64;
-        // All cores: enough replicas to keep every thread busy to the end.
-        let replicas = 4 * threads as u64;
-        let per_replica = (psgd_samples * threads as u64 / replicas).max(100);
-        let (mut bound, mut single, mut all) = (ThreadRate::new(), ThreadRate::new(), BestRate::new());
+        let bound_samples = round_size(round_seconds, |n| draw_normals_only(d, n, &mut rng));
+        let full_samples = round_size(round_seconds, |n| single_pool.install(|| psgd(&model, full_cfg, 1, n)));
+        let reduced_samples = round_size(round_seconds, |n| single_pool.install(|| psgd(&model, reduced_cfg, 1, n)));
+        let (mut bound, mut full, mut reduced) = (ThreadRate::new(), ThreadRate::new(), ThreadRate::new());
         for _ in 0..rounds {
             bound.measure(|| draw_normals_only(d, bound_samples, &mut rng));
             // The pool's one worker runs the replica, so it measures its own CPU time.
-            single = single_pool.install(|| {
-                single.measure(|| psgd(&model, cfg, 1, psgd_samples));
-                single
+            (full, reduced) = single_pool.install(|| {
+                full.measure(|| psgd(&model, full_cfg, 1, full_samples));
+                reduced.measure(|| psgd(&model, reduced_cfg, 1, reduced_samples));
+                (full, reduced)
             });
-            all.add(timed(|| psgd(&model, cfg, replicas, per_replica)));
         }
-        rows.push(McmRow { d, bound: bound.rate(), single: single.rate(), all: all.0, numpy: None });
+        rows.push(McmRow { d, bound: bound.rate(), full: full.rate(), reduced: reduced.rate(), numpy: None });
     }
     // The peer runs after the Rust side, so neither competes with the other.
     let mut numpy_note = None;
@@ -243,58 +247,47 @@ fn bench_mcm(ctx: &Context, args: &McmArgs) -> anyhow::Result<()> {
     }
 
     let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.1}x", a / b));
-    let peer = |r: &McmRow, pick: fn(&PeerRate) -> f64| r.numpy.as_ref().map(pick);
-    outln!("{:>5} | {:^50} | {:^34}", "", "one thread", format!("all {threads} threads, wall clock"));
     outln!(
-        "{:>5} | {:>9} {:>10} {:>6} {:>10} {:>10} | {:>10} {:>10} {:>10}",
-        "d", "bound", "Rust", "/bound", "NumPy", "Rust/NumPy", "Rust", "NumPy", "Rust/NumPy"
+        "{:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>9} {:>10} {:>10}",
+        "d", "bound", "full", "/bound", "reduced", "/full", "NumPy", "full/NumPy", "red./NumPy"
     );
     for r in &rows {
+        let np = r.numpy.as_ref().map(|p| p.cpu);
         outln!(
-            "{:>5} | {:>9} {:>10} {:>6.2} {:>10} {:>10} | {:>10} {:>10} {:>10}",
+            "{:>6} | {:>9} {:>9} {:>6.2} | {:>9} {:>9} | {:>9} {:>10} {:>10}",
             r.d,
             rate(r.bound),
-            rate(r.single),
-            r.single / r.bound,
-            peer(r, |p| p.cpu).map_or("-".into(), rate),
-            ratio(r.single, peer(r, |p| p.cpu)),
-            rate(r.all),
-            peer(r, |p| p.wall).map_or("-".into(), rate),
-            ratio(r.all, peer(r, |p| p.wall)),
+            rate(r.full),
+            r.full / r.bound,
+            rate(r.reduced),
+            ratio(r.reduced, Some(r.full)),
+            np.map_or("-".into(), rate),
+            ratio(r.full, np),
+            ratio(r.reduced, np),
         );
     }
     outln!(
-        "one thread: {per_thread} ({rounds} rounds interleaved with the bound's); all threads: best of {rounds} rounds.\n\
+        "{per_thread}, {rounds} interleaved rounds.\n\
          bound: drawing a sample's 2d + 2 normals alone with the same generator and sampler (xoshiro256++, ziggurat).\n\
-         NumPy: benches/mcm_numpy_peer.py, {} replicas vectorised, one thread (BLAS too).",
-        args.numpy_replicas
+         full: d-dimensional samples and weights; reduced: the exact chain on the overlaps (crates/mcm/src/reduced.rs).\n\
+         NumPy: benches/mcm_numpy_peer.py (the full update), {} replicas vectorised, one thread (BLAS too), up to d = {}.",
+        args.numpy_replicas, args.numpy_max_d
     );
-    let verdict = |met: Vec<usize>, missed: Vec<usize>| -> String {
-        match (met.is_empty(), missed.is_empty()) {
-            (_, true) => "met".into(),
-            (true, false) => format!("missed (d = {missed:?})"),
-            (false, false) => format!("met at d = {met:?}, missed at d = {missed:?}"),
-        }
-    };
-    let (met, missed): (Vec<&McmRow>, Vec<&McmRow>) = rows.iter().partition(|r| r.single >= 0.6 * r.bound);
-    outln!(
-        "target >= 60% of the bound per thread: {}",
-        verdict(met.iter().map(|r| r.d).collect(), missed.iter().map(|r| r.d).collect())
-    );
-    let with_peer: Vec<&McmRow> = rows.iter().filter(|r| r.numpy.is_some()).collect();
-    if !with_peer.is_empty() {
-        let (met, missed): (Vec<&McmRow>, Vec<&McmRow>) =
-            with_peer.iter().partition(|r| peer(r, |p| p.wall).is_some_and(|np| r.all >= 20.0 * np));
-        // What all threads could do at the bound itself, against the peer per thread.
-        let ceiling: Vec<String> = with_peer
-            .iter()
-            .filter_map(|r| peer(r, |p| p.cpu).map(|np| format!("{:.0}x at d = {}", threads as f64 * r.bound / np, r.d)))
-            .collect();
-        outln!(
-            "target >= 20x the NumPy peer (all threads): {}; drawing the normals alone on {threads} threads would be {}",
-            verdict(met.iter().map(|r| r.d).collect(), missed.iter().map(|r| r.d).collect()),
-            ceiling.join(", ")
-        );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let full_met: Vec<usize> = rows.iter().filter(|r| r.full >= 0.6 * r.bound).map(|r| r.d).collect();
+    outln!("target full >= 60% of its bound: met at d = {full_met:?} of {:?}", rows.iter().map(|r| r.d).collect::<Vec<_>>());
+    let flat: Vec<f64> = rows.iter().filter(|r| [64, 1024, 65536].contains(&r.d)).map(|r| r.reduced).collect();
+    if flat.len() == 3 {
+        let spread = flat.iter().cloned().fold(f64::MIN, f64::max) / flat.iter().cloned().fold(f64::MAX, f64::min);
+        outln!("target reduced flat in d (d = 64, 1024, 65536 within 1.5x): max/min = {spread:.2}, {}", verdict(spread <= 1.5));
+    }
+    if let Some(r) = rows.iter().find(|r| r.d == 1024) {
+        let x = r.reduced / r.full;
+        outln!("target reduced >= 100x full at d = 1024: {x:.0}x, {}", verdict(x >= 100.0));
+    }
+    if let Some((r, np)) = rows.iter().find(|r| r.d == 128).and_then(|r| r.numpy.map(|p| (r, p.cpu))) {
+        let x = r.reduced / np;
+        outln!("target reduced >= 50x NumPy at d = 128, thread for thread: {x:.0}x, {}", verdict(x >= 50.0));
     }
     if let Some(note) = numpy_note {
         outln!("{note}");
@@ -340,8 +333,6 @@ fn bench_network_loss(single_pool: &rayon::ThreadPool, rounds: usize, round_seco
 #[derive(Clone, Copy)]
 struct PeerRate {
     d: usize,
-    /// Replica-samples per second of wall-clock time.
-    wall: f64,
     /// Replica-samples per second of the process's CPU time.
     cpu: f64,
 }
@@ -349,7 +340,10 @@ struct PeerRate {
 /// Runs benches/mcm_numpy_peer.py on one thread (BLAS included).
 fn numpy_peer(ctx: &Context, args: &McmArgs) -> anyhow::Result<Vec<PeerRate>> {
     let script = ctx.root.join("benches/mcm_numpy_peer.py");
-    let dims = args.d.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let dims = args.d.iter().filter(|d| **d <= args.numpy_max_d).map(usize::to_string).collect::<Vec<_>>().join(",");
+    if dims.is_empty() {
+        bail!("no d up to --numpy-max-d {}", args.numpy_max_d);
+    }
     let out = Command::new(&args.python)
         .arg(&script)
         .args(["--json", "--d", &dims, "--seconds", &args.seconds.to_string()])
@@ -363,11 +357,10 @@ fn numpy_peer(ctx: &Context, args: &McmArgs) -> anyhow::Result<Vec<PeerRate>> {
     let mut rates = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("peer printed `{line}`"))?;
-        let (Some(d), Some(wall), Some(cpu)) = (v["d"].as_u64(), v["samples_per_s"].as_f64(), v["samples_per_cpu_s"].as_f64())
-        else {
-            bail!("peer printed `{line}` without d, samples_per_s and samples_per_cpu_s");
+        let (Some(d), Some(cpu)) = (v["d"].as_u64(), v["samples_per_cpu_s"].as_f64()) else {
+            bail!("peer printed `{line}` without d and samples_per_cpu_s");
         };
-        rates.push(PeerRate { d: d as usize, wall, cpu });
+        rates.push(PeerRate { d: d as usize, cpu });
     }
     Ok(rates)
 }

@@ -9,6 +9,7 @@ pub mod denoiser;
 pub mod model;
 pub mod network_loss;
 pub mod population;
+pub mod reduced;
 pub mod simulate;
 pub mod theory;
 

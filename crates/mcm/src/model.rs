@@ -234,7 +234,7 @@ impl NoiseLevel {
 }
 
 /// One draw of the latents.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latents {
     pub lambda: f64,
     pub nu: f64,

@@ -4,8 +4,50 @@
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use crate::denoiser::{Denoiser, Scratch};
+use crate::denoiser::{Denoiser, ReadoutRates, Scratch};
 use crate::model::{dot, fill_normal, rng_for, Activation, Latents, Mcm, McmParams, NoiseLevel, SimRng};
+use crate::network_loss::{NetworkLoss, NetworkLosses, NetworkState};
+use crate::reduced::{self, ReducedSampler, ReducedState, StepRule};
+
+/// How the readouts (a_k, b_k) of the neurons behave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Readout {
+    /// a_k = a, b_k = 0 for ever (the model of Figures 3 and 4).
+    Fixed { a: f64 },
+    /// Start at (a0, b0); trained by SGD at rate delta / d^lr_exponent.
+    Learned { a0: f64, b0: f64, delta: f64, lr_exponent: f64 },
+}
+
+impl Readout {
+    /// The readouts at initialisation.
+    pub fn initial(self) -> (f64, f64) {
+        match self {
+            Readout::Fixed { a } => (a, 0.0),
+            Readout::Learned { a0, b0, .. } => (a0, b0),
+        }
+    }
+
+    /// Learning rates in dimension d (`None`: fixed).
+    pub fn rates(self, d: usize) -> Option<ReadoutRates> {
+        match self {
+            Readout::Fixed { .. } => None,
+            Readout::Learned { delta, lr_exponent, .. } => {
+                let eta = delta / (d as f64).powf(lr_exponent);
+                Some(ReadoutRates { eta_a: eta, eta_b: eta })
+            }
+        }
+    }
+}
+
+/// Which simulation of the same online pSGD runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simulator {
+    /// The exact Markov chain on the overlaps (`crate::reduced`): O(K^3) per
+    /// step whatever d.
+    Reduced,
+    /// Full d-dimensional samples and weights: O(K d) per step.
+    Full,
+}
 
 /// One training run's setup (the model instance is passed separately).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,16 +56,59 @@ pub struct PsgdConfig {
     /// Number of neurons K.
     pub neurons: usize,
     pub activation: Activation,
-    pub a: f64,
-    /// Learning rate eta = delta / d^lr_exponent.
+    pub readout: Readout,
+    /// Learning rate of the directions eta = delta / d^lr_exponent.
     pub delta: f64,
     pub lr_exponent: f64,
+    pub simulator: Simulator,
 }
 
 impl PsgdConfig {
     pub fn learning_rate(&self, d: usize) -> f64 {
         self.delta / (d as f64).powf(self.lr_exponent)
     }
+}
+
+/// A training run, whichever simulator carries it.
+pub trait Simulation {
+    /// Samples seen so far.
+    fn samples(&self) -> u64;
+    /// Trains until `n` samples have been seen.
+    fn run_until(&mut self, n: u64);
+    /// (m_u, m_v) of neuron k.
+    fn overlaps(&self, k: usize) -> (f64, f64);
+    /// (a_k, b_k).
+    fn readout(&self, k: usize) -> (f64, f64);
+    /// w_j . w_k.
+    fn neuron_overlap(&self, j: usize, k: usize) -> f64;
+    /// Test losses on `n_test` fresh samples drawn from `rng`.
+    fn test_losses(&self, n_test: usize, rng: &mut SimRng) -> TestLosses;
+    /// The Gram matrix of (u, v, w_1..w_K) and the readouts: everything the
+    /// population losses depend on.
+    fn network_state(&self) -> NetworkState {
+        let k = self.readouts_len();
+        let n = k + 2;
+        let mut gram = vec![0.0; n * n];
+        for i in 0..n {
+            gram[i * n + i] = 1.0;
+        }
+        for j in 0..k {
+            let (mu, mv) = self.overlaps(j);
+            for (i, m) in [(0, mu), (1, mv)] {
+                gram[i * n + 2 + j] = m;
+                gram[(2 + j) * n + i] = m;
+            }
+            for l in 0..j {
+                let o = self.neuron_overlap(j, l);
+                gram[(2 + j) * n + 2 + l] = o;
+                gram[(2 + l) * n + 2 + j] = o;
+            }
+        }
+        let (a, b) = (0..k).map(|j| self.readout(j)).unzip();
+        NetworkState { gram, a, b }
+    }
+    /// The number of neurons K.
+    fn readouts_len(&self) -> usize;
 }
 
 /// Streams of one replica: training samples, initialisation, test samples.
@@ -58,7 +143,7 @@ impl<'m> Trainer<'m> {
     pub fn new(model: &'m Mcm, cfg: PsgdConfig, seed: u64, replica: u64) -> Self {
         let d = model.params.d;
         let (rng, mut init_rng, _) = replica_rngs(seed, replica);
-        let den = Denoiser::random(d, cfg.neurons, cfg.activation, cfg.a, &mut init_rng);
+        let den = Denoiser::random(d, cfg.neurons, cfg.activation, cfg.readout.initial(), &mut init_rng);
         Trainer {
             model,
             cfg,
@@ -77,7 +162,7 @@ impl<'m> Trainer<'m> {
     /// Rademacher-free latents: lambda, nu, z, xi).
     #[inline]
     pub fn step(&mut self) {
-        if self.cfg.neurons == 1 {
+        if self.cfg.neurons == 1 && matches!(self.cfg.readout, Readout::Fixed { .. }) {
             self.step_single_neuron();
         } else {
             self.step_reference();
@@ -93,7 +178,8 @@ impl<'m> Trainer<'m> {
             let xi_noise: f64 = StandardNormal.sample(&mut self.rng);
             *xti = alpha * xi + sigma * xi_noise;
         }
-        self.den.psgd_step(&self.x, &self.xt, alpha, self.eta, &mut self.scratch);
+        let readout = self.cfg.readout.rates(self.model.params.d);
+        self.den.psgd_step(&self.x, &self.xt, alpha, self.eta, readout, &mut self.scratch);
     }
 
     /// `step_reference` for one neuron, software-pipelined; the results are
@@ -108,7 +194,7 @@ impl<'m> Trainer<'m> {
     fn step_single_neuron(&mut self) {
         let d = self.model.params.d;
         let NoiseLevel { alpha, sigma, .. } = self.cfg.noise;
-        let (eta, a, activation) = (self.eta, self.den.a, self.den.activation);
+        let (eta, a, activation) = (self.eta, self.den.a[0], self.den.activation);
         let model = self.model;
         // A local copy of the generator state, so it can live in registers.
         let mut local_rng = self.rng.clone();
@@ -134,14 +220,16 @@ impl<'m> Trainer<'m> {
             *xi += coef_u * ui + coef_v * vi;
             *xti = alpha * *xi + sigma * *xti;
         }
-        let (g, dg) = activation.value_and_derivative(dot(w, xt));
-        let ag = a * g;
+        let y = dot(w, xt);
+        let (g, dg) = activation.value_and_derivative(y);
+        // b = 0: the reference's a g + b y and a g' + b, bit for bit.
+        let ag = a * g + 0.0 * y;
         for (((ri, xti), xi), wi) in r.iter_mut().zip(xt.iter()).zip(x.iter()).zip(w.iter()) {
             *ri = (alpha * xti - xi) + ag * wi;
         }
         let wr = dot(w, r);
-        let c_r = eta * a * g;
-        let c_x = eta * a * dg * wr;
+        let c_r = eta * ag;
+        let c_x = eta * (a * dg + 0.0) * wr;
 
         // The update of w, then its squared norm with the next sample's
         // latents and z drawn (into x, no longer needed) in the same loop.
@@ -176,6 +264,109 @@ impl<'m> Trainer<'m> {
     pub fn overlaps(&self, k: usize) -> (f64, f64) {
         let w = self.den.neuron(k);
         (dot(w, &self.model.u), dot(w, &self.model.v))
+    }
+}
+
+impl Simulation for Trainer<'_> {
+    fn samples(&self) -> u64 {
+        self.n
+    }
+    fn run_until(&mut self, n: u64) {
+        Trainer::run_until(self, n)
+    }
+    fn overlaps(&self, k: usize) -> (f64, f64) {
+        Trainer::overlaps(self, k)
+    }
+    fn readout(&self, k: usize) -> (f64, f64) {
+        (self.den.a[k], self.den.b[k])
+    }
+    fn neuron_overlap(&self, j: usize, k: usize) -> f64 {
+        dot(self.den.neuron(j), self.den.neuron(k))
+    }
+    fn test_losses(&self, n_test: usize, rng: &mut SimRng) -> TestLosses {
+        test_losses(self.model, &self.den, self.cfg.noise, n_test, rng)
+    }
+    fn readouts_len(&self) -> usize {
+        self.den.k
+    }
+}
+
+/// The reduced chain of one replica: same streams as [`Trainer`] (training,
+/// initialisation, test), consumed differently.
+pub struct ReducedTrainer<'m> {
+    pub model: &'m Mcm,
+    pub cfg: PsgdConfig,
+    pub state: ReducedState,
+    pub n: u64,
+    rule: StepRule,
+    sampler: ReducedSampler,
+    rng: SimRng,
+}
+
+impl<'m> ReducedTrainer<'m> {
+    pub fn new(model: &'m Mcm, cfg: PsgdConfig, seed: u64, replica: u64) -> Self {
+        let d = model.params.d;
+        let (rng, mut init_rng, _) = replica_rngs(seed, replica);
+        let state = ReducedState::random(d, cfg.neurons, cfg.readout.initial(), &mut init_rng);
+        let rule = StepRule {
+            noise: cfg.noise,
+            activation: cfg.activation,
+            eta: cfg.learning_rate(d),
+            readout: cfg.readout.rates(d),
+        };
+        ReducedTrainer { model, cfg, state, n: 0, rule, sampler: ReducedSampler::new(d, cfg.neurons), rng }
+    }
+
+    #[inline]
+    pub fn step(&mut self) {
+        let sample = self.sampler.sample(self.model, &mut self.rng);
+        self.state.step(self.model, &self.rule, &sample);
+        self.n += 1;
+    }
+}
+
+impl Simulation for ReducedTrainer<'_> {
+    fn samples(&self) -> u64 {
+        self.n
+    }
+    fn run_until(&mut self, n: u64) {
+        while self.n < n {
+            self.step();
+        }
+    }
+    fn overlaps(&self, k: usize) -> (f64, f64) {
+        self.state.overlaps(k)
+    }
+    fn readout(&self, k: usize) -> (f64, f64) {
+        (self.state.a[k], self.state.b[k])
+    }
+    fn neuron_overlap(&self, j: usize, k: usize) -> f64 {
+        self.state.neuron_overlap(j, k)
+    }
+    fn test_losses(&self, n_test: usize, rng: &mut SimRng) -> TestLosses {
+        let (model, noise) = (self.model, self.cfg.noise);
+        let (em, sm) = reduced::mean_excess_loss(model, &self.state, self.cfg.activation, noise, n_test, false, rng);
+        let (eg, sg) = reduced::mean_excess_loss(model, &self.state, self.cfg.activation, noise, n_test, true, rng);
+        let base = isotropic_loss(&model.params, noise);
+        TestLosses {
+            mcm: base + em,
+            mcm_se: sm,
+            gauss: base + eg,
+            gauss_se: sg,
+            wiener: wiener_loss(&model.params, noise),
+            isotropic: base,
+        }
+    }
+    fn readouts_len(&self) -> usize {
+        self.state.k
+    }
+}
+
+/// The simulation of one replica that `cfg.simulator` asks for.
+pub fn simulation<'m>(model: &'m Mcm, cfg: PsgdConfig, seed: u64, replica: u64) -> Box<dyn Simulation + Send + 'm> {
+    match cfg.simulator {
+        Simulator::Full => Box::new(Trainer::new(model, cfg, seed, replica)),
+        Simulator::Reduced => Box::new(ReducedTrainer::new(model, cfg, seed, replica)),
     }
 }
 
@@ -270,7 +461,13 @@ pub struct TrajectoryPoint {
     pub neuron: usize,
     pub m_u: f64,
     pub m_v: f64,
+    /// Readouts (a_k, b_k).
+    pub a: f64,
+    pub b: f64,
+    /// Monte Carlo estimates on fresh test samples.
     pub losses: TestLosses,
+    /// The same losses by quadrature (population values), when asked for.
+    pub exact: Option<NetworkLosses>,
 }
 
 /// Trains `replicas` independent denoisers (in parallel) on the same model and
@@ -283,24 +480,29 @@ pub fn trajectories(
     replicas: u64,
     grid: &[u64],
     n_test: usize,
+    exact_losses: bool,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<TrajectoryPoint> {
+    let quadrature = exact_losses.then(|| NetworkLoss::new(model.params, cfg.noise, cfg.activation));
     let per_replica: Vec<Vec<TrajectoryPoint>> = (0..replicas)
         .into_par_iter()
         .map(|replica| {
-            let mut tr = Trainer::new(model, cfg, seed, replica);
+            let mut tr = simulation(model, cfg, seed, replica);
             let (_, _, test_seed_rng) = replica_rngs(seed, replica);
             let mut out = Vec::new();
             for &n in grid {
-                let before = tr.n;
+                let before = tr.samples();
                 tr.run_until(n);
-                on_progress(tr.n - before);
+                on_progress(tr.samples() - before);
                 // The same test samples at every grid point (common random numbers in time).
                 let mut test_rng = test_seed_rng.clone();
-                let losses = test_losses(model, &tr.den, cfg.noise, n_test, &mut test_rng);
+                let losses = tr.test_losses(n_test, &mut test_rng);
+                // The simulation keeps unit rows to rounding, which the quadrature accepts.
+                let exact = quadrature.as_ref().map(|q| q.losses(&tr.network_state()).expect("the state of a simulation is a valid Gram matrix"));
                 for k in 0..cfg.neurons {
                     let (m_u, m_v) = tr.overlaps(k);
-                    out.push(TrajectoryPoint { replica, n, neuron: k, m_u, m_v, losses });
+                    let (a, b) = tr.readout(k);
+                    out.push(TrajectoryPoint { replica, n, neuron: k, m_u, m_v, a, b, losses, exact });
                 }
             }
             out
@@ -337,7 +539,7 @@ pub fn recovery_times(
     stride: u64,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Recovery> {
-    let overlap = |tr: &Trainer| -> f64 {
+    let overlap = |tr: &dyn Simulation| -> f64 {
         (0..cfg.neurons)
             .map(|k| {
                 let (mu, mv) = tr.overlaps(k);
@@ -351,24 +553,24 @@ pub fn recovery_times(
     (0..replicas)
         .into_par_iter()
         .map(|replica| {
-            let mut tr = Trainer::new(model, cfg, seed, replica);
-            let initial_overlap = overlap(&tr);
+            let mut tr = simulation(model, cfg, seed, replica);
+            let initial_overlap = overlap(tr.as_ref());
             let stride = stride.max(1);
             let mut reported = 0;
             loop {
-                if overlap(&tr) >= threshold {
+                if overlap(tr.as_ref()) >= threshold {
                     on_progress(budget - reported);
-                    return Recovery { replica, n: tr.n, censored: false, initial_overlap };
+                    return Recovery { replica, n: tr.samples(), censored: false, initial_overlap };
                 }
-                if tr.n >= budget {
+                if tr.samples() >= budget {
                     on_progress(budget - reported);
                     return Recovery { replica, n: budget, censored: true, initial_overlap };
                 }
-                let next = (tr.n + stride).min(budget);
+                let next = tr.samples().saturating_add(stride).min(budget);
                 tr.run_until(next);
-                if tr.n - reported > budget / 100 {
-                    on_progress(tr.n - reported);
-                    reported = tr.n;
+                if tr.samples() - reported > budget / 100 {
+                    on_progress(tr.samples() - reported);
+                    reported = tr.samples();
                 }
             }
         })
@@ -385,21 +587,29 @@ mod tests {
     }
 
     fn cfg() -> PsgdConfig {
-        PsgdConfig { noise: NoiseLevel::at(0.3), neurons: 1, activation: Activation::Tanh2, a: 1.0, delta: 1.0, lr_exponent: 1.0 }
+        PsgdConfig {
+            noise: NoiseLevel::at(0.3),
+            neurons: 1,
+            activation: Activation::Tanh2,
+            readout: Readout::Fixed { a: 1.0 },
+            delta: 1.0,
+            lr_exponent: 1.0,
+            simulator: Simulator::Full,
+        }
     }
 
     #[test]
     fn same_seed_same_numbers_and_unit_norm() {
         let model = Mcm::new(params(32, Coupling::None), 1);
         let grid = log_grid(2000, 6);
-        let a = trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {});
-        let b = trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {});
+        let a = trajectories(&model, cfg(), 7, 3, &grid, 50, true, &|_| {});
+        let b = trajectories(&model, cfg(), 7, 3, &grid, 50, true, &|_| {});
         assert_eq!(a, b);
-        let c = trajectories(&model, cfg(), 8, 3, &grid, 50, &|_| {});
+        let c = trajectories(&model, cfg(), 8, 3, &grid, 50, true, &|_| {});
         assert_ne!(a, c);
         // Thread count does not change the numbers.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let d = pool.install(|| trajectories(&model, cfg(), 7, 3, &grid, 50, &|_| {}));
+        let d = pool.install(|| trajectories(&model, cfg(), 7, 3, &grid, 50, true, &|_| {}));
         assert_eq!(a, d);
         let mut tr = Trainer::new(&model, cfg(), 1, 0);
         tr.run_until(500);
@@ -452,7 +662,7 @@ mod tests {
         let p = params(16, Coupling::Linear { rho: 0.8 });
         let model = Mcm::new(p, 4);
         let noise = NoiseLevel::at(0.3);
-        let den = Denoiser { d: 16, k: 1, w: model.u.clone(), activation: Activation::Tanh2, a: 0.0 };
+        let den = Denoiser { d: 16, k: 1, w: model.u.clone(), activation: Activation::Tanh2, a: vec![0.0], b: vec![0.0] };
         let l = test_losses(&model, &den, noise, 20000, &mut rng_for(1, 1));
         assert!((l.mcm - l.isotropic).abs() < 1e-12);
         // A linear neuron along the top eigenvector with the Wiener gain beats alpha x_t.

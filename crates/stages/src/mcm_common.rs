@@ -13,7 +13,45 @@ pub enum CouplingKind {
     Linear,
 }
 
+/// `reduced` (the exact chain on the overlaps, O(K^3) per step) or `full`
+/// (d-dimensional samples, the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimulatorName {
+    Reduced,
+    Full,
+}
+
+impl SimulatorName {
+    pub fn simulator(self) -> e2h_mcm::simulate::Simulator {
+        match self {
+            SimulatorName::Reduced => e2h_mcm::simulate::Simulator::Reduced,
+            SimulatorName::Full => e2h_mcm::simulate::Simulator::Full,
+        }
+    }
+
+    /// The reduced chain carries at most `MAX_NEURONS` neurons and needs d >= K + 2.
+    pub fn validate(self, d: usize, neurons: usize) -> Result<(), ParamIssue> {
+        if self == SimulatorName::Reduced {
+            let max = e2h_mcm::reduced::MAX_NEURONS;
+            if neurons > max {
+                return Err(ParamIssue::new(
+                    "neurons",
+                    format!("the reduced simulator carries at most {max} neurons, got {neurons}; use `simulator: full`"),
+                ));
+            }
+            if d < neurons + 2 {
+                return Err(ParamIssue::new("d", format!("the reduced simulator needs d >= neurons + 2 = {}, got {d}", neurons + 2)));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub mod defaults {
+    pub fn simulator() -> super::SimulatorName {
+        super::SimulatorName::Reduced
+    }
     pub fn beta_u() -> f64 {
         2.0
     }

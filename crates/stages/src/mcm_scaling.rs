@@ -2,7 +2,7 @@
 
 use e2h_engine::{CodeFingerprints, Footprint, InputArity, ParamIssue, Registry, Resources, Stage, StageContext, StageError};
 use e2h_mcm::population::{Direction, PopulationLoss};
-use e2h_mcm::simulate::{self, PsgdConfig};
+use e2h_mcm::simulate::{self, PsgdConfig, Readout};
 use e2h_mcm::theory::{random_start, OverlapDynamics};
 use e2h_mcm::Mcm;
 use rand::{Rng, SeedableRng};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{quantile_sorted, quartiles, FrameBuilder};
 use crate::mcm_common::{
     check_learning_rate, check_samples, count_in, coupling_name, in_range, limits, mcm_params, positive, ModelFields,
+    SimulatorName,
 };
 
 pub fn register(r: &mut Registry) {
@@ -65,6 +66,9 @@ mcm_params! {
         pub budget_exponent: f64,
         #[serde(default = "default_replicas")]
         pub replicas: u64,
+        /// `reduced` (exact chain on the overlaps, cost independent of d) or `full`.
+        #[serde(default = "crate::mcm_common::defaults::simulator")]
+        pub simulator: SimulatorName,
     }
 }
 
@@ -73,7 +77,8 @@ pub struct Recovery;
 impl Stage for Recovery {
     type Params = RecoveryParams;
     const KIND: &'static str = "mcm.recovery";
-    const VERSION: &'static str = "1";
+    // 2: the reduced simulator (default) and the `simulator` column.
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "weak-recovery times n* of online pSGD (censored at a budget) and their ODE prediction";
 
     fn tables() -> Vec<e2h_engine::TableDoc> {
@@ -92,6 +97,7 @@ impl Stage for Recovery {
             P::new("budget_factor", "number", "", "budget in [1, 1e12]", "budget = budget_factor x d^budget_exponent samples per run"),
             P::new("budget_exponent", "number", "", "[0, 4]", "see budget_factor"),
             P::new("replicas", "integer", "32", "1..=1000000", "independent runs"),
+            P::new("simulator", "reduced | full", "reduced", "", "reduced: the exact chain on the overlaps, O(K^3) a step at any d (K <= 6); full: d-dimensional samples"),
         ]);
         docs
     }
@@ -118,6 +124,7 @@ impl Stage for Recovery {
                 return Err(ParamIssue::new("threshold", format!("threshold must lie in (0, 1), got {t}")));
             }
         count_in("replicas", p.replicas, 1, limits::MAX_REPLICAS)?;
+        p.simulator.validate(p.d, p.neurons)?;
         Ok(())
     }
 
@@ -158,9 +165,10 @@ impl Stage for Recovery {
             noise: p.noise(),
             neurons: p.neurons,
             activation: p.activation,
-            a: p.a,
+            readout: Readout::Fixed { a: p.a },
             delta: p.delta,
             lr_exponent: p.lr_exponent,
+            simulator: p.simulator.simulator(),
         };
         let model = Mcm::new(params, ctx.seed());
         let stride = (p.d as u64 / 8).max(1);
@@ -185,6 +193,7 @@ impl Stage for Recovery {
             .f64("eta", vec![cfg.learning_rate(p.d); rows])
             .str("direction", vec![format!("{:?}", p.direction).to_lowercase(); rows])
             .str("coupling", vec![coupling_name(p.coupling); rows])
+            .str("simulator", vec![format!("{:?}", p.simulator).to_lowercase(); rows])
             .build()?;
         ctx.put_table(
             "recovery",
@@ -221,7 +230,8 @@ pub struct ScalingFit;
 impl Stage for ScalingFit {
     type Params = ScalingFitParams;
     const KIND: &'static str = "mcm.scaling_fit";
-    const VERSION: &'static str = "1";
+    // 2: n_over_theory.
+    const VERSION: &'static str = "2";
     const ABOUT: &'static str = "per-d medians of n* from mcm.recovery inputs (one per case) and the log-log slope against d";
 
     fn tables() -> Vec<e2h_engine::TableDoc> {
@@ -327,6 +337,7 @@ impl Stage for ScalingFit {
                 ("mostly_censored", "1 when at least half the runs are censored (the median is then a lower bound)"),
                 ("n_theory", "ODE prediction of n* from the typical start"),
                 ("n_over_dlogd", "n_median / (d ln d)"),
+                ("n_over_theory", "n_median / n_theory: the finite-size deviation from the d -> infinity ODE"),
                 ("n_fit", "fitted power law exp(intercept) d^slope"),
                 ("d_log_d", "reference d ln d, scaled to the case's first median"),
                 ("d_cubed", "reference d^3, scaled to the case's first median"),
@@ -399,6 +410,7 @@ impl Medians {
             d_cubed.push(n0 * (d / d0).powi(3));
         }
         let ratio: Vec<f64> = self.d.iter().zip(&self.n_median).map(|(d, n)| n / (d * d.ln())).collect();
+        let over_theory: Vec<f64> = self.n_median.iter().zip(&self.n_theory).map(|(n, th)| n / th).collect();
         FrameBuilder::new()
             .str("case", self.case)
             .f64("d", self.d)
@@ -409,6 +421,7 @@ impl Medians {
             .f64("mostly_censored", self.censored_fraction.iter().map(|c| if *c >= 0.5 { 1.0 } else { 0.0 }).collect())
             .f64("n_theory", self.n_theory)
             .f64("n_over_dlogd", ratio)
+            .f64("n_over_theory", over_theory)
             .f64("n_fit", self.n_fit)
             .str("legend", self.legend)
             .f64("d_log_d", d_log_d)
