@@ -670,6 +670,29 @@ mod tests {
     }
 
     #[test]
+    fn both_simulators_estimate_the_exact_losses() {
+        // Two neurons with learned readouts, part-way through training: the Monte
+        // Carlo test losses of each simulator agree with the quadrature.
+        let model = Mcm::new(params(24, Coupling::Linear { rho: 0.8 }), 6);
+        for simulator in [Simulator::Reduced, Simulator::Full] {
+            let cfg = PsgdConfig {
+                neurons: 2,
+                readout: Readout::Learned { a0: 0.8, b0: 0.1, delta: 0.5, lr_exponent: 1.0 },
+                delta: 0.5,
+                simulator,
+                ..cfg()
+            };
+            let points = trajectories(&model, cfg, 3, 2, &[0, 3000], 40_000, true, &|_| {});
+            for q in points {
+                let exact = q.exact.expect("exact losses were asked for");
+                for (mc, se, ex, what) in [(q.losses.mcm, q.losses.mcm_se, exact.mcm, "MCM"), (q.losses.gauss, q.losses.gauss_se, exact.gauss, "surrogate")] {
+                    assert!((mc - ex).abs() < 4.0 * se, "{simulator:?} n {} {what}: Monte Carlo {mc} +- {se}, quadrature {ex}", q.n);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn log_grid_is_sorted_and_spans_the_range() {
         let g = log_grid(1000, 4);
         assert_eq!(g, vec![0, 1, 10, 100, 1000]);
