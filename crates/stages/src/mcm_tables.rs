@@ -36,6 +36,26 @@ pub fn trajectories() -> Vec<TableDoc> {
     by_n.extend(quartiles("excess_gauss", "loss_gauss - loss_isotropic"));
     by_n.push(("excess_wiener".into(), "loss_wiener - loss_isotropic".into()));
     by_n.push(("loss_isotropic".into(), "analytic loss of alpha x_t (optimal for isotropic data)".into()));
+    by_n.extend(quartiles("gap_mcm", "loss_mcm - loss_best (exact losses where K <= 2)"));
+    by_n.extend(quartiles("gap_gauss", "loss_gauss - loss_best"));
+    by_n.push(("gap_wiener".into(), "loss_wiener - loss_best".into()));
+    by_n.push(("gap_isotropic".into(), "loss_isotropic - loss_best".into()));
+    by_n.push((
+        "loss_best".into(),
+        "the best MCM loss the architecture reaches (K neurons, learned readouts; quadrature at the population optimum; NaN for K > 2)".into(),
+    ));
+    let mut by_role = vec![
+        ("n".to_string(), "training samples seen".to_string()),
+        ("n_over_d".into(), "n / d".into()),
+        (
+            "neuron_role".into(),
+            "u_neuron: in each run, the neuron with the largest final |m_u|; other_neuron: the others (the largest value over them)".into(),
+        ),
+    ];
+    by_role.extend(quartiles("abs_m_u", "|m_u| of the neuron(s) of that role"));
+    by_role.extend(quartiles("abs_m_v", "|m_v| of the neuron(s) of that role"));
+    by_role.extend(quartiles("a", "the amplitude a_k"));
+    by_role.extend(quartiles("b", "the linear gain b_k"));
     vec![
         TableDoc {
             name: "trajectory".into(),
@@ -48,10 +68,14 @@ pub fn trajectories() -> Vec<TableDoc> {
                     ("neuron", "neuron index k"),
                     ("m_u", "overlap w_k . u (sign is a symmetry for odd g)"),
                     ("m_v", "overlap w_k . v"),
+                    ("a", "amplitude a_k of the neuron's nonlinearity"),
+                    ("b", "linear gain b_k of the neuron"),
                     ("loss_mcm", "test loss 1/2 ||D(x_t) - x||^2 per sample on fresh MCM samples"),
                     ("loss_mcm_se", "standard error of loss_mcm"),
                     ("loss_gauss", "same on fresh samples of the Gaussian surrogate N(0, C)"),
                     ("loss_gauss_se", "standard error of loss_gauss"),
+                    ("loss_mcm_exact", "population value of loss_mcm, by quadrature over the overlaps and readouts (K <= 2; NaN otherwise)"),
+                    ("loss_gauss_exact", "population value of loss_gauss, by quadrature"),
                     ("loss_wiener", "analytic loss of the optimal linear denoiser"),
                     ("loss_isotropic", "analytic loss of alpha x_t (optimal for isotropic data)"),
                 ],
@@ -59,6 +83,7 @@ pub fn trajectories() -> Vec<TableDoc> {
             ),
         },
         TableDoc { name: "by_n".into(), columns: by_n },
+        TableDoc { name: "by_role".into(), columns: by_role },
         TableDoc::new(
             "theory",
             &[
@@ -76,11 +101,16 @@ pub fn trajectories() -> Vec<TableDoc> {
                 ("n_over_d_v_learned", "same for |m_v|"),
                 ("final_abs_m_u_median", "median max_k |m_u| at n_max"),
                 ("final_abs_m_v_median", "median max_k |m_v| at n_max"),
-                ("optimum_abs_m_u", "|m_u| at the minimum of the population loss (quadrature)"),
+                ("optimum_abs_m_u", "|m_u| at the minimum of the single-neuron population loss (quadrature; NaN for a learned readout)"),
                 ("optimum_abs_m_v", "|m_v| at the minimum of the population loss"),
                 ("final_m_v_over_optimum", "final_abs_m_v_median / optimum_abs_m_v (NaN when the optimum has m_v = 0)"),
                 ("final_mcm_minus_wiener", "median loss_mcm - loss_wiener at n_max (negative: beats every linear denoiser)"),
                 ("final_gauss_minus_wiener", "median loss_gauss - loss_wiener at n_max (never below 0 beyond noise)"),
+                ("v_over_u_learned", "n_over_d_v_learned / n_over_d_u_learned: how much later v is learned than u"),
+                ("final_excess_mcm", "median loss_mcm - loss_isotropic at n_max (negative: beats alpha x_t)"),
+                ("final_mcm_minus_gauss", "median over runs of loss_mcm - loss_gauss at n_max (negative: exploits more than pair-wise statistics)"),
+                ("final_mcm_minus_gauss_se", "median over runs of the standard error of that difference (0 for exact losses)"),
+                ("final_mcm_below_gauss_in_se", "-final_mcm_minus_gauss / final_mcm_minus_gauss_se (infinite for exact losses)"),
             ],
         ),
     ]
@@ -102,6 +132,7 @@ pub fn recovery() -> Vec<TableDoc> {
             ("eta", "learning rate delta / d^lr_exponent"),
             ("direction", "u or v"),
             ("coupling", "latent coupling: none or linear"),
+            ("simulator", "reduced (the exact chain on the overlaps) or full (d-dimensional samples)"),
         ],
     )]
 }
@@ -121,6 +152,7 @@ pub fn scaling_fit() -> Vec<TableDoc> {
                 ("mostly_censored", "1 when at least half the runs are censored (the median is then a lower bound)"),
                 ("n_theory", "ODE prediction of n* from the typical start"),
                 ("n_over_dlogd", "n_median / (d ln d)"),
+                ("n_over_theory", "n_median / n_theory: the finite-size deviation from the d -> infinity ODE"),
                 ("n_fit", "fitted power law exp(intercept) d^slope"),
                 ("legend", "legend label of the case, with its fitted slope"),
                 ("d_log_d", "reference d ln d, scaled to the case's first median"),
