@@ -216,7 +216,7 @@ fn plot_columns_are_checked_against_the_upstream_kind_at_plan_time() {
     let file = root.write("pipelines/table.yaml", &table);
     root.xtask(&["run", file.to_str().unwrap(), "--dry-run"])
         .failure()
-        .stderr_has("input `sim` has no table `by_m`; its tables: trajectory, by_n, theory, summary");
+        .stderr_has("input `sim` has no table `by_m`; its tables: trajectory, by_n, by_role, theory, summary");
     let input = plotted("input", "figures/input").replace("{input: sim,", "{input: simm,");
     let file = root.write("pipelines/input.yaml", &input);
     root.xtask(&["run", file.to_str().unwrap(), "--dry-run"]).failure().stderr_has("no input named `simm`; this stage's inputs: sim");

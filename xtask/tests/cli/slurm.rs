@@ -177,16 +177,23 @@ fn figure_3_ci_through_slurm_is_bit_identical_to_the_local_run_and_a_rerun_submi
     let run = xtask_slurm(&cluster, &[&args[..], &["--executor", "slurm"]].concat()).success();
     eprintln!("figure 3 --profile ci: local {local_seconds:.1} s, slurm {:.1} s", started.elapsed().as_secs_f64());
 
-    // The three sweeps as arrays, then the fit, then the figure.
+    // The four sweeps as arrays, then the fit, then the figure.
     let jobs = submitted_stages(&run);
     assert_eq!(
         jobs,
-        [("u".to_string(), 4), ("v_coupled".into(), 4), ("v_independent".into(), 4), ("fit".into(), 1), ("figure".into(), 1)],
+        [
+            ("u".to_string(), 4),
+            ("u_full".into(), 2),
+            ("v_coupled".into(), 4),
+            ("v_independent".into(), 4),
+            ("fit".into(), 1),
+            ("figure".into(), 1)
+        ],
         "{run}"
     );
     run.stdout_has("(Slurm job ");
     let files = entry_files(&cluster);
-    assert_eq!(files.len(), 14, "{files:#?}");
+    assert_eq!(files.len(), 16, "{files:#?}");
     assert_eq!(files, entry_files(&local), "the Slurm run's entries differ from the local run's");
     assert_eq!(
         fs::read(cluster.path().join("figures/fig3-ci.png")).unwrap(),
