@@ -264,7 +264,7 @@ pub fn execute(ctx: &Context, pipeline_file: &Path, plan: &Plan, args: &RunArgs)
     if !failures.is_empty() {
         let failed = tasks_state.iter().filter(|t| matches!(t.state, TaskState::Failed(_))).count();
         anyhow::bail!(
-            "{failed} of {tasks} Slurm job{} failed (rerun the same command to resubmit only what is missing):\n{}",
+            "{failed} of {tasks} stage instance{} failed on Slurm (rerun the same command to resubmit only what is missing):\n{}",
             plural(tasks),
             failures.join("\n")
         );

@@ -402,3 +402,40 @@ fn ctrl_c_cancels_the_drivers_jobs_and_only_those() {
         "a job the driver did not submit was touched: {other:?}"
     );
 }
+
+#[test]
+fn a_job_killed_outside_the_driver_is_reported_from_slurms_view_and_the_cache() {
+    if !slurm_cluster("a_job_killed_outside_the_driver") {
+        return;
+    }
+    let name = "slurm-killed-job";
+    let root = TestRoot::new(name);
+    let file = root.write("pipelines/dag.yaml", &dag(name, SLOW_BUDGET));
+    let driver = spawn(slurm_command(&root, &["run", file.to_str().unwrap(), "--executor", "slurm"]));
+    // Someone else cancels one array task while it computes: it leaves no
+    // marker of its own, and Slurm's record is all the driver has.
+    let sim_job = format!("e2h-{name}-sim");
+    let mut task = String::new();
+    wait_for("sim[d=12] to run", Duration::from_secs(60), || {
+        let out = Command::new("squeue")
+            .args(["--noheader", "--array", "--states=running", "--format=%i", "--name", &sim_job])
+            .output()
+            .unwrap();
+        task = String::from_utf8_lossy(&out.stdout).lines().map(str::trim).find(|t| t.ends_with("_0")).unwrap_or_default().to_string();
+        !task.is_empty()
+    });
+    assert!(Command::new("scancel").arg(&task).status().unwrap().success());
+    let run = finish(driver, "driver").failure();
+    run.stderr_has(&format!("stage `sim[d=12]` failed in Slurm job {task}: "))
+        .stderr_has("stage `figure` (Slurm job ")
+        .stderr_has("cancelled: upstream `sim` failed");
+    // The other instances finished and are cached; the killed one left at
+    // most a temporary directory, never an entry. The rerun submits the rest
+    // and clears that leftover when it takes the key's lock.
+    wait_for_jobs_of(name);
+    assert_eq!(root.cache_listing("entries").len(), 3, "{run}");
+    let rerun = xtask_slurm(&root, &["run", file.to_str().unwrap(), "--executor", "slurm"]).success();
+    assert_eq!(submitted_stages(&rerun), [("sim".to_string(), 1), ("figure".to_string(), 1)], "{rerun}");
+    assert!(root.cache_listing("tmp").is_empty(), "leftovers: {:?}", root.cache_listing("tmp"));
+    root.xtask(&["cache", "verify"]).success().stdout_has("5 valid, 0 corrupt");
+}
