@@ -196,78 +196,93 @@ impl ReducedState {
     /// One pSGD step on `sample` (see the module docs for the derivation).
     #[inline]
     pub fn step(&mut self, model: &Mcm, rule: &StepRule, s: &ReducedSample) {
-        let (k_count, m) = (self.k, self.k + 2);
+        // Array sizes known at compile time: the loops over the K + 2
+        // coordinates unroll, and nothing larger than the state is touched.
+        match self.k {
+            1 => self.step_sized::<1, 3, 5>(model, rule, s),
+            2 => self.step_sized::<2, 4, 6>(model, rule, s),
+            3 => self.step_sized::<3, 5, 7>(model, rule, s),
+            4 => self.step_sized::<4, 6, 8>(model, rule, s),
+            5 => self.step_sized::<5, 7, 9>(model, rule, s),
+            6 => self.step_sized::<6, 8, 10>(model, rule, s),
+            k => unreachable!("a reduced state has 1..={MAX_NEURONS} neurons, not {k}"),
+        }
+    }
+
+    /// The step for K neurons, M = K + 2 coordinates along E, P = M + 2 with (f_1, f_2).
+    #[inline(always)]
+    fn step_sized<const K: usize, const M: usize, const P: usize>(&mut self, model: &Mcm, rule: &StepRule, s: &ReducedSample) {
         let NoiseLevel { alpha, sigma, .. } = rule.noise;
         // The sample in (E, f_1, f_2): x = z + coef_u u + coef_v v.
         let (coef_u, coef_v) = model.spike_coefficients(s.latents, s.z[1]);
-        let mut x = s.z;
+        let mut x = [0.0; M];
+        x.copy_from_slice(&s.z[..M]);
         x[0] += coef_u;
         x[1] += coef_v;
-        let mut xt = [0.0; MAX_M];
-        let mut r = [0.0; MAX_M];
-        for j in 0..m {
+        let mut xt = [0.0; M];
+        let mut r = [0.0; M];
+        for j in 0..M {
             xt[j] = alpha * x[j] + sigma * s.xi[j];
             r[j] = alpha * xt[j] - x[j];
         }
         let xt_rest = [alpha * s.c1 + sigma * s.n, sigma * s.c2];
         let r_rest = [alpha * xt_rest[0] - s.c1, alpha * xt_rest[1]];
 
-        let mut y = [0.0; MAX_NEURONS];
-        let mut g = [0.0; MAX_NEURONS];
-        let mut h = [0.0; MAX_NEURONS];
-        let mut dh = [0.0; MAX_NEURONS];
-        for k in 0..k_count {
-            let yk: f64 = self.w[k][..m].iter().zip(&xt[..m]).map(|(w, x)| w * x).sum();
+        let mut y = [0.0; K];
+        let mut g = [0.0; K];
+        let mut h = [0.0; K];
+        let mut dh = [0.0; K];
+        for k in 0..K {
+            let yk: f64 = self.w[k][..M].iter().zip(&xt).map(|(w, x)| w * x).sum();
             let (gk, dgk) = rule.activation.value_and_derivative(yk);
             (y[k], g[k]) = (yk, gk);
             h[k] = self.a[k] * gk + self.b[k] * yk;
             dh[k] = self.a[k] * dgk + self.b[k];
         }
-        for k in 0..k_count {
-            for j in 0..m {
+        for k in 0..K {
+            for j in 0..M {
                 r[j] += h[k] * self.w[k][j];
             }
         }
 
-        // p_k in m + 2 coordinates: (E, f_1, f_2).
-        let mut p = [[0.0; MAX_M + 2]; MAX_NEURONS];
-        for k in 0..k_count {
-            let wr: f64 = self.w[k][..m].iter().zip(&r[..m]).map(|(w, r)| w * r).sum();
+        // p_k in M + 2 coordinates: (E, f_1, f_2).
+        let mut p = [[0.0; P]; K];
+        for k in 0..K {
+            let wr: f64 = self.w[k][..M].iter().zip(&r).map(|(w, r)| w * r).sum();
             let (c_r, c_x) = (rule.eta * h[k], rule.eta * dh[k] * wr);
-            for j in 0..m {
+            for j in 0..M {
                 p[k][j] = self.w[k][j] - (c_r * r[j] + c_x * xt[j]);
             }
-            p[k][m] = -(c_r * r_rest[0] + c_x * xt_rest[0]);
-            p[k][m + 1] = -(c_r * r_rest[1] + c_x * xt_rest[1]);
+            p[k][M] = -(c_r * r_rest[0] + c_x * xt_rest[0]);
+            p[k][M + 1] = -(c_r * r_rest[1] + c_x * xt_rest[1]);
             if let Some(rates) = rule.readout {
                 self.a[k] -= rates.eta_a * wr * g[k];
                 self.b[k] -= rates.eta_b * wr * y[k];
             }
         }
-        self.retriangularise(&p);
+        self.retriangularise::<K, M, P>(&p);
     }
 
     /// The Gram-Schmidt coordinates of (u, v, p_1/|p_1|, ..., p_K/|p_K|):
-    /// modified Gram-Schmidt of the components beyond (u, v).
-    #[inline]
-    fn retriangularise(&mut self, p: &[[f64; MAX_M + 2]; MAX_NEURONS]) {
-        let (k_count, len) = (self.k, self.k + 2);
-        let mut q = [[0.0; MAX_M]; MAX_NEURONS];
-        for k in 0..k_count {
-            let mut rest = [0.0; MAX_M];
-            rest[..len].copy_from_slice(&p[k][2..len + 2]);
-            let mut coords = [0.0; MAX_M];
+    /// modified Gram-Schmidt of the components beyond (u, v) (M of them).
+    #[inline(always)]
+    fn retriangularise<const K: usize, const M: usize, const P: usize>(&mut self, p: &[[f64; P]; K]) {
+        let mut q = [[0.0; M]; K];
+        for k in 0..K {
+            let mut rest = [0.0; M];
+            rest.copy_from_slice(&p[k][2..M + 2]);
+            let mut coords = [0.0; K];
             for j in 0..k {
-                let c: f64 = q[j][..len].iter().zip(&rest[..len]).map(|(a, b)| a * b).sum();
-                for (rv, qv) in rest[..len].iter_mut().zip(&q[j][..len]) {
+                let c: f64 = q[j].iter().zip(&rest).map(|(a, b)| a * b).sum();
+                for (rv, qv) in rest.iter_mut().zip(&q[j]) {
                     *rv -= c * qv;
                 }
                 coords[j] = c;
             }
-            let diag = rest[..len].iter().map(|v| v * v).sum::<f64>().sqrt();
+            let diag = rest.iter().map(|v| v * v).sum::<f64>().sqrt();
             coords[k] = diag;
             if diag > 0.0 {
-                for (qv, rv) in q[k][..len].iter_mut().zip(&rest[..len]) {
+                for (qv, rv) in q[k].iter_mut().zip(&rest) {
                     *qv = rv / diag;
                 }
             }
