@@ -11,6 +11,7 @@ mod frame;
 mod mcm_common;
 pub mod mcm_population;
 pub mod mcm_scaling;
+pub mod mcm_scaling_fit;
 pub mod mcm_stages;
 mod mcm_tables;
 pub mod plot_stage;
@@ -24,6 +25,7 @@ pub fn registry() -> Registry {
     r.record_version("e2h-stages", env!("CARGO_PKG_VERSION"));
     mcm_stages::register(&mut r);
     mcm_scaling::register(&mut r);
+    mcm_scaling_fit::register(&mut r);
     mcm_population::register(&mut r);
     cifar_stages::register(&mut r);
     unet_stages::register(&mut r);
