@@ -371,10 +371,7 @@ pub fn mean_excess_loss<R: Rng + ?Sized>(
         sum += e;
         sum2 += e * e;
     }
-    let n = n_test as f64;
-    let mean = sum / n;
-    let var = (sum2 / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
-    (mean, (var / n).sqrt())
+    crate::simulate::mean_and_standard_error(sum, sum2, n_test)
 }
 
 #[cfg(test)]

@@ -419,10 +419,7 @@ pub fn test_losses(model: &Mcm, den: &Denoiser, noise: NoiseLevel, n_test: usize
             sum += e;
             sum2 += e * e;
         }
-        let n = n_test as f64;
-        let mean = sum / n;
-        let var = (sum2 / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
-        (mean, (var / n).sqrt())
+        mean_and_standard_error(sum, sum2, n_test)
     };
     let base = isotropic_loss(&model.params, noise);
     let (em, sm) = stats(false, rng);
@@ -435,6 +432,14 @@ pub fn test_losses(model: &Mcm, den: &Denoiser, noise: NoiseLevel, n_test: usize
         wiener: wiener_loss(&model.params, noise),
         isotropic: base,
     }
+}
+
+/// Mean and standard error of `n` values from their sum and sum of squares.
+pub(crate) fn mean_and_standard_error(sum: f64, sum2: f64, n: usize) -> (f64, f64) {
+    let n = n as f64;
+    let mean = sum / n;
+    let var = (sum2 / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
 }
 
 /// `points` sample counts from 1 to n_max, log-spaced, plus 0; distinct and sorted.

@@ -194,17 +194,7 @@ impl Stage for Recovery {
             .str("coupling", vec![coupling_name(p.coupling); rows])
             .str("simulator", vec![format!("{:?}", p.simulator).to_lowercase(); rows])
             .build()?;
-        ctx.put_table(
-            "recovery",
-            &mut df,
-            &[
-                ("n_star", "first sample count with max_k |m| >= threshold (checked every max(1, d/8) samples); the budget when censored"),
-                ("censored", "true when the run hit its budget before reaching the threshold"),
-                ("initial_overlap", "|m| of the random initialisation"),
-                ("threshold", "threshold_fraction x |m| at the population-loss minimum, unless given"),
-                ("n_star_theory", "ODE prediction (spherical gradient flow + eta^2 d G contraction) from |m_u| = |m_v| = 1/sqrt(d)"),
-            ],
-        )?;
+        ctx.put_table("recovery", &mut df, &[])?;
         Ok(())
     }
 }

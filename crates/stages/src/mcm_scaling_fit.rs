@@ -149,34 +149,9 @@ impl Stage for ScalingFit {
             }
         }
         let mut medians = med.frame()?;
-        ctx.put_table(
-            "medians",
-            &mut medians,
-            &[
-                ("n_median", "median over runs of n* (censored runs count at the budget)"),
-                ("n_q25", "first quartile of n*"),
-                ("n_q75", "third quartile of n*"),
-                ("censored_fraction", "fraction of runs that hit the budget"),
-                ("mostly_censored", "1 when at least half the runs are censored (the median is then a lower bound)"),
-                ("n_theory", "ODE prediction of n* from the typical start"),
-                ("n_over_dlogd", "n_median / (d ln d)"),
-                ("n_over_theory", "n_median / n_theory: the finite-size deviation from the d -> infinity ODE"),
-                ("n_fit", "fitted power law exp(intercept) d^slope"),
-                ("d_log_d", "reference d ln d, scaled to the case's first median"),
-                ("d_cubed", "reference d^3, scaled to the case's first median"),
-            ],
-        )?;
+        ctx.put_table("medians", &mut medians, &[])?;
         let mut fit = fits.frame()?;
-        ctx.put_table(
-            "fit",
-            &mut fit,
-            &[
-                ("slope", "least-squares slope of ln n_median against ln d (d with < 50% censored runs)"),
-                ("slope_lo", "2.5% bootstrap quantile of the slope (runs resampled within each d)"),
-                ("slope_hi", "97.5% bootstrap quantile"),
-                ("dlogd_ratio", "max/min of n_median/(d ln d) over the fitted d: 1 means exactly d ln d"),
-            ],
-        )?;
+        ctx.put_table("fit", &mut fit, &[])?;
         Ok(())
     }
 }
