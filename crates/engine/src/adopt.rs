@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::time::SystemTime;
 
-use crate::cache::{Adoption, Cache, EntryMeta, EntryStatus, IndexRecord};
+use crate::cache::{Adoption, Cache, EntryMeta, EntryStatus};
 use crate::error::EngineError;
 use crate::plan::{Plan, PlannedStage};
 use crate::registry::changed_units;
@@ -100,15 +100,7 @@ pub fn adopt(cache: &Cache, plan: &Plan, index: usize, by: &str) -> Result<Adopt
         &plan.pipeline,
         &plan.profile,
         &stage.name,
-        &IndexRecord {
-            key: stage.key.clone(),
-            kind: stage.kind.clone(),
-            kind_version: stage.kind_version.clone(),
-            code: stage.code.clone(),
-            params: stage.params.clone(),
-            seed: stage.seed,
-            inputs: plan.input_keys(stage),
-        },
+        &plan.index_record(stage),
     )?;
     Ok(AdoptOutcome::Adopted { from_key: old.key, changed: changed_units(&from_code, &stage.code), record })
 }

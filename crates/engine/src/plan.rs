@@ -46,6 +46,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the cache's index remembers of `stage`'s last run, to explain reruns.
+    pub fn index_record(&self, stage: &PlannedStage) -> crate::cache::IndexRecord {
+        crate::cache::IndexRecord {
+            key: stage.key.clone(),
+            kind: stage.kind.clone(),
+            kind_version: stage.kind_version.clone(),
+            code: stage.code.clone(),
+            params: stage.params.clone(),
+            seed: stage.seed,
+            inputs: self.input_keys(stage),
+        }
+    }
+
     pub fn input_keys(&self, stage: &PlannedStage) -> BTreeMap<String, Vec<String>> {
         stage
             .inputs

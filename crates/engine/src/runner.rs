@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use crate::cache::{Cache, EntryMeta, EntryStatus, IndexRecord};
+use crate::cache::{Cache, EntryMeta, EntryStatus};
 use crate::context::{StageContext, UpstreamEntry};
 use crate::error::EngineError;
 use crate::plan::{Plan, PlannedStage};
@@ -405,15 +405,7 @@ impl<'a> Runner<'a> {
             &plan.pipeline,
             &plan.profile,
             &stage.name,
-            &IndexRecord {
-                key: stage.key.clone(),
-                kind: stage.kind.clone(),
-                kind_version: stage.kind_version.clone(),
-                code: stage.code.clone(),
-                params: stage.params.clone(),
-                seed: stage.seed,
-                inputs: plan.input_keys(stage),
-            },
+            &plan.index_record(stage),
         )
         .map_err(&entry_write)?;
         tracing::info!("{}: done in {:.1} s", stage.name, meta.wall_seconds);
