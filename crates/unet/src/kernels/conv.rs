@@ -14,9 +14,10 @@ use rayon::prelude::*;
 use super::f32_slice;
 use super::gemm::{Mat, matmul};
 
-/// At most this many f32 in the unfolded patches at once (64 MB): larger
+/// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
+/// in the L2 cache between the unfolding and the GEMM): larger
 /// batches are processed in chunks of images.
-const MAX_COLS: usize = 1 << 24;
+const MAX_COLS: usize = 1 << 19;
 
 thread_local! {
     /// Work buffers (patches, reordered outputs) kept between calls: fresh
@@ -193,6 +194,25 @@ fn col2im(dcols: &[f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
         });
 }
 
+/// `dst` (cols x rows, row-major) = the transpose of `src` (rows x cols,
+/// row-major), in parallel over tiles of 64 source columns.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 64;
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(tile, out)| {
+        let j0 = tile * TILE;
+        let tile_cols = out.len() / rows;
+        for i0 in (0..rows).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let row = &src[i * cols + j0..][..tile_cols];
+                for (j, &v) in row.iter().enumerate() {
+                    out[j * rows + i] = v;
+                }
+            }
+        }
+    });
+}
+
 /// Forward op: (x, weight, bias) -> y, unfolding at most `max_cols` f32 at once.
 struct Conv2dForward {
     geometry: ConvGeometry,
@@ -329,6 +349,9 @@ impl CustomOp3 for Conv2dBackward {
         let mut db_acc = vec![0f64; d.o];
         let mut cols = take_scratch(ckk * chunk * hwo);
         let mut dymat = take_scratch(d.o * chunk * hwo);
+        let mut dymat_t = take_scratch(d.o * chunk * hwo);
+        // dW^T (C k k x O), accumulated over chunks, transposed into dW at the end.
+        let mut dw_t = take_scratch(nw);
         let plane = d.c * d.h * d.w;
         for n0 in (0..d.b).step_by(chunk) {
             let nb = chunk.min(d.b - n0);
@@ -346,16 +369,21 @@ impl CustomOp3 for Conv2dBackward {
                     }
                 });
             let dymat = &*dymat;
+            // dY with pixels as rows, (images Ho Wo) x O: the weight gradient
+            // contracts dY and the patches over pixels, the contiguous axis of
+            // both; giving the GEMM one operand pixel-major lets it skip its
+            // single-threaded transposing pack of the other.
+            let dymat_t = &mut dymat_t[..width * d.o];
+            transpose_into(dymat, d.o, width, dymat_t);
+            let dymat_t = &*dymat_t;
             let cols = &mut cols[..ckk * width];
             im2col(x, &d, g, n0, nb, cols);
-            let cols_t = Mat {
-                data: cols,
-                rows: width,
-                cols: ckk,
-                rs: 1,
-                cs: width,
-            };
-            matmul(dw, n0 > 0, Mat::row_major(dymat, d.o, width), cols_t);
+            matmul(
+                &mut dw_t[..nw],
+                n0 > 0,
+                Mat::row_major(cols, ckk, width),
+                Mat::row_major(dymat_t, width, d.o),
+            );
             matmul(
                 cols,
                 false,
@@ -364,8 +392,11 @@ impl CustomOp3 for Conv2dBackward {
             );
             col2im(cols, &d, g, nb, &mut dx_all[n0 * plane..(n0 + nb) * plane]);
         }
+        transpose_into(&dw_t[..nw], ckk, d.o, dw);
         give_back(cols);
         give_back(dymat);
+        give_back(dymat_t);
+        give_back(dw_t);
         for (dst, acc) in db.iter_mut().zip(&db_acc) {
             *dst = *acc as f32;
         }
