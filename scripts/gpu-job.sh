@@ -14,10 +14,10 @@ export HF_HOME="$DIR/hf-home"
 run() { bash "$DIR/run-with-cuda.sh" "$DIR/xtask" --root . --cache "$DIR/cache" "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-{ time run figure 1; } > "$OUT/figure1.log" 2>&1
+{ time run figure 1 --profile gpu; } > "$OUT/figure1.log" 2>&1
 echo "figure 1 exit: $?" >> "$OUT/figure1.log"
-run run pipelines/fig1-cifar-simplicity-bias.yaml --print crossings/crossings >> "$OUT/figure1.log" 2>&1
-cp figures/fig1.png figures/fig1.svg "$OUT/" 2>/dev/null
+run run pipelines/fig1-cifar-simplicity-bias.yaml --profile gpu --print crossings/crossings >> "$OUT/figure1.log" 2>&1
+cp figures/fig1-gpu.png figures/fig1-gpu.svg "$OUT/" 2>/dev/null
 # The tables behind the figure, from the cache entry of the training stage.
-run run pipelines/fig1-cifar-simplicity-bias.yaml --print train/losses > "$OUT/losses.txt" 2>&1
+run run pipelines/fig1-cifar-simplicity-bias.yaml --profile gpu --print train/losses > "$OUT/losses.txt" 2>&1
 { time run bench unet --device cuda --width 128 --tf32 --steps 10; } > "$OUT/bench-unet.log" 2>&1

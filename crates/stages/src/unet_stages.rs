@@ -96,6 +96,11 @@ pub struct UnetTrainParams {
     /// Images per evaluation forward pass.
     #[serde(default = "default_eval_batch")]
     pub eval_batch: usize,
+    /// Training steps after which to evaluate (strictly increasing, at most
+    /// `max_steps`; `max_steps` itself is always evaluated). Default: 0, 1, 2,
+    /// 5, 10, 20, 50, ... up to `max_steps`.
+    #[serde(default)]
+    pub eval_steps: Option<Vec<u64>>,
     /// `raw` or `ema` (default: EMA when `ema_decay` is set).
     #[serde(default)]
     pub eval_weights: Option<EvalWeights>,
@@ -162,6 +167,7 @@ impl Stage for UnetTrain {
             P::new("eval_images", "integer", "", "2..=10000", "real test images (and as many surrogate samples) per evaluation"),
             P::new("eval_ts", "list of integers", "[10, 50, 100, 250, 500, 750]", "1..=num_steps, at most 1000", "noise levels evaluated"),
             P::new("eval_batch", "integer", "250", "1..=65536", "evaluation batch"),
+            P::new("eval_steps", "list of integers", "0, 1, 2, 5, 10, 20, 50, ... (1-2-5 per decade)", "strictly increasing, <= max_steps, at most 10000", "training steps after which to evaluate (max_steps always is)"),
             P::new("eval_weights", "ema | raw", "ema when ema_decay is set", "", "weights evaluated"),
             P::new("keep_checkpoints", "integer", "2", "1..=100", "checkpoints kept for resuming"),
         ]
@@ -231,6 +237,17 @@ impl Stage for UnetTrain {
         }
         if let Some((i, t)) = p.eval_ts.iter().enumerate().find(|(_, t)| **t == 0 || **t > p.diffusion.num_steps) {
             return Err(ParamIssue::new(format!("eval_ts.{i}"), format!("noise levels are 1..={}, got {t}", p.diffusion.num_steps)));
+        }
+        if let Some(steps) = &p.eval_steps {
+            if steps.len() > 10_000 {
+                return Err(ParamIssue::new("eval_steps", format!("at most 10000 evaluations, got {}", steps.len())));
+            }
+            if let Some(i) = (1..steps.len()).find(|&i| steps[i] <= steps[i - 1]) {
+                return Err(ParamIssue::new(format!("eval_steps.{i}"), format!("steps must be strictly increasing: {} follows {}", steps[i], steps[i - 1])));
+            }
+            if let Some((i, s)) = steps.iter().enumerate().find(|(_, s)| **s > p.max_steps) {
+                return Err(ParamIssue::new(format!("eval_steps.{i}"), format!("step {s} is beyond max_steps = {}", p.max_steps)));
+            }
         }
         if p.eval_batch == 0 {
             return Err(ParamIssue::new("eval_batch", "must be positive"));
@@ -319,7 +336,16 @@ impl Stage for UnetTrain {
         ctx.record("seconds_wiener", wiener_started.elapsed().as_secs_f64());
 
         let eval = EvalConfig { t_levels: p.eval_ts.clone(), noise_seed, batch_size: p.eval_batch, weights: p.eval_weights };
-        let eval_steps = log_spaced_steps(p.max_steps);
+        let eval_steps = match &p.eval_steps {
+            Some(steps) => {
+                let mut steps = steps.clone();
+                if steps.last() != Some(&p.max_steps) {
+                    steps.push(p.max_steps);
+                }
+                steps
+            }
+            None => log_spaced_steps(p.max_steps),
+        };
         let checkpoint_dir = ctx.scratch_dir()?.to_path_buf();
         let run = TrainRun {
             config: &config,
