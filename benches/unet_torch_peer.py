@@ -186,6 +186,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--gemm", default=None, metavar="M,K,N",
+                        help="also time an (M x K) by (K x N) f32 matrix product (GFLOP/s)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -243,9 +245,34 @@ def main():
     sync()
     ms = (time.perf_counter() - start) * 1000.0 / args.steps
     precision = "tf32" if args.tf32 and device.type == "cuda" else "f32"
+
+    # The floating-point work of one step (forward and backward, as PyTorch's
+    # flop counter sees it): the same network, so it is the project's too.
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step_gflop = counter.get_total_flops() / 1e9
+
+    gemm_gflops = None
+    if args.gemm:
+        m, k, n = (int(v) for v in args.gemm.split(","))
+        a = torch.randn(m, k, device=device)
+        b = torch.randn(k, n, device=device)
+        for _ in range(3):
+            a @ b
+        sync()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            sync()
+            best = min(best, (time.perf_counter() - t0) / 5)
+        gemm_gflops = 2.0 * m * k * n / best / 1e9
     if args.json:
         print(json.dumps({"params": params, "ms_per_step": ms, "device": str(device), "precision": precision,
-                          "torch": torch.__version__, "batch": args.batch, "width": args.width}))
+                          "torch": torch.__version__, "batch": args.batch, "width": args.width,
+                          "step_gflop": step_gflop, "gemm_gflops": gemm_gflops}))
     else:
         print(f"PyTorch {torch.__version__} on {device} ({precision}): {params} parameters, "
               f"batch {args.batch}: {ms:.1f} ms per training step (mean of {args.steps} after {args.warmup})")

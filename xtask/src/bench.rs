@@ -541,10 +541,11 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UnetArgs {
-    /// Base width of the paper architecture ((1,2,2,2), two residual blocks,
-    /// attention at 16x16, 32 groups; 32 is the smallest width 32 groups allow).
-    #[arg(long, default_value_t = 32)]
-    pub width: usize,
+    /// Base widths of the paper architecture ((1,2,2,2), two residual blocks,
+    /// attention at 16x16, 32 groups; 32 is the smallest width 32 groups allow),
+    /// comma-separated: each is measured in turn, with its peer right after it.
+    #[arg(long, value_delimiter = ',', default_values_t = [32])]
+    pub width: Vec<usize>,
     /// Channel multipliers per level.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 2, 2])]
     pub channel_mult: Vec<usize>,
@@ -569,13 +570,29 @@ pub struct UnetArgs {
 }
 
 fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.width.is_empty(), "--width needs at least one width");
+    let mut ratios = Vec::new();
+    for &width in &args.width {
+        if let Some(ratio) = bench_unet_width(ctx, args, width)? {
+            ratios.push((width, ratio));
+        }
+    }
+    if ratios.len() > 1 {
+        let list: Vec<String> = ratios.iter().map(|(w, r)| format!("width {w}: {r:.2}")).collect();
+        outln!("project / PyTorch per step: {}", list.join(", "));
+    }
+    Ok(())
+}
+
+/// One width: the project's step, then the peer's; the ratio when the peer ran.
+fn bench_unet_width(ctx: &Context, args: &UnetArgs, width: usize) -> anyhow::Result<Option<f64>> {
     let device = e2h_unet::select_device(&args.device)?;
     let on_gpu = device.is_cuda();
     e2h_unet::set_tf32(args.tf32 && on_gpu);
     let batch = args.batch.unwrap_or(if on_gpu { 128 } else { 2 });
     let mut config = e2h_unet::TrainConfig::paper(0);
     config.model = e2h_unet::UNetConfig {
-        base_channels: args.width,
+        base_channels: width,
         channel_mult: args.channel_mult.clone(),
         ..e2h_unet::UNetConfig::paper()
     };
@@ -600,7 +617,7 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
         "U-Net training step (e2h-unet on {}, {}): width {}, {:?}, {} parameters, batch {batch}",
         precision.device,
         precision.label(),
-        args.width,
+        width,
         args.channel_mult,
         trainer.param_count()
     );
@@ -617,29 +634,89 @@ fn bench_unet(ctx: &Context, args: &UnetArgs) -> anyhow::Result<()> {
              target/release/xtask bench unet --device cuda --width 128 --tf32"
         );
     }
-    if args.torch || on_gpu {
-        match torch_peer(ctx, args, batch) {
-            Ok((ms, params)) => {
-                outln!("  PyTorch peer: {ms:.1} ms per step ({params} parameters) -> project / PyTorch = {:.2}", mean_ms / ms);
-                if params != trainer.param_count() as u64 {
-                    outln!("  warning: the peer's parameter count differs from the project's");
-                }
+    // The forward GEMM of a first-level 3x3 convolution: weights (width x 9
+    // width) times the batch's patches; most of the step's work has this shape.
+    let gemm_shape = (width, 9 * width, batch * config.model.image_size * config.model.image_size);
+    let project_gemm = (!on_gpu).then(|| gemm_gflops(gemm_shape));
+    if let Some(g) = project_gemm {
+        outln!("  GEMM {}x{}x{} (a first-level convolution): {g:.0} GFLOP/s", gemm_shape.0, gemm_shape.1, gemm_shape.2);
+    }
+    if !(args.torch || on_gpu) {
+        return Ok(None);
+    }
+    match torch_peer(ctx, args, width, batch, gemm_shape) {
+        Ok(peer) => {
+            let ms = peer.ms_per_step;
+            outln!("  PyTorch peer: {ms:.1} ms per step ({} parameters) -> project / PyTorch = {:.2}", peer.params, mean_ms / ms);
+            if peer.params != trainer.param_count() as u64 {
+                outln!("  warning: the peer's parameter count differs from the project's");
             }
-            Err(e) => outln!("  PyTorch peer not run: {e:#}"),
+            if let Some(gflop) = peer.step_gflop {
+                outln!(
+                    "  {gflop:.1} GFLOP per step (PyTorch's count): project {:.0} GFLOP/s, PyTorch {:.0} GFLOP/s",
+                    gflop / (mean_ms / 1e3),
+                    gflop / (ms / 1e3)
+                );
+            }
+            if let (Some(p), Some(t)) = (project_gemm, peer.gemm_gflops) {
+                outln!("  the same GEMM in PyTorch: {t:.0} GFLOP/s (project / PyTorch throughput {:.2})", p / t);
+            }
+            Ok(Some(mean_ms / ms))
+        }
+        Err(e) => {
+            outln!("  PyTorch peer not run: {e:#}");
+            Ok(None)
         }
     }
-    Ok(())
 }
 
-/// Runs benches/unet_torch_peer.py with the same architecture and batch;
-/// returns (ms per step, parameter count).
-fn torch_peer(ctx: &Context, args: &UnetArgs, batch: usize) -> anyhow::Result<(f64, u64)> {
+/// Best of 5 rounds of 5 products, in GFLOP/s, of the project's CPU GEMM
+/// (`e2h_unet::kernels::gemm`) on row-major (m x k) and (k x n) operands.
+fn gemm_gflops((m, k, n): (usize, usize, usize)) -> f64 {
+    use e2h_unet::kernels::gemm::{Mat, matmul};
+    let a: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    let mut dst = vec![0f32; m * n];
+    let mut product = || matmul(&mut dst, false, Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+    product();
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..5 {
+                product();
+            }
+            started.elapsed().as_secs_f64() / 5.0
+        })
+        .fold(f64::INFINITY, f64::min);
+    black_box(&dst);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// What the PyTorch peer printed.
+struct PeerStep {
+    ms_per_step: f64,
+    params: u64,
+    /// Floating-point work of one step by PyTorch's flop counter.
+    step_gflop: Option<f64>,
+    /// Throughput of the GEMM of `gemm_shape`.
+    gemm_gflops: Option<f64>,
+}
+
+/// Runs benches/unet_torch_peer.py with the same architecture and batch.
+fn torch_peer(
+    ctx: &Context,
+    args: &UnetArgs,
+    width: usize,
+    batch: usize,
+    gemm_shape: (usize, usize, usize),
+) -> anyhow::Result<PeerStep> {
     let script: PathBuf = ctx.root.join("benches/unet_torch_peer.py");
     let mult = args.channel_mult.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let device = if args.device == "cpu" { "cpu".to_string() } else { args.device.clone() };
     let mut cmd = Command::new(&args.python);
-    cmd.arg(&script).args(["--json", "--width", &args.width.to_string(), "--channel-mult", &mult]);
+    cmd.arg(&script).args(["--json", "--width", &width.to_string(), "--channel-mult", &mult]);
     cmd.args(["--batch", &batch.to_string(), "--device", &device]);
+    cmd.args(["--gemm", &format!("{},{},{}", gemm_shape.0, gemm_shape.1, gemm_shape.2)]);
     if args.tf32 {
         cmd.arg("--tf32");
     }
@@ -650,8 +727,8 @@ fn torch_peer(ctx: &Context, args: &UnetArgs, batch: usize) -> anyhow::Result<(f
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rfind(|l| l.starts_with('{')).context("the peer printed no result")?;
     let v: serde_json::Value = serde_json::from_str(line)?;
-    let (Some(ms), Some(params)) = (v["ms_per_step"].as_f64(), v["params"].as_u64()) else {
+    let (Some(ms_per_step), Some(params)) = (v["ms_per_step"].as_f64(), v["params"].as_u64()) else {
         bail!("peer printed `{line}` without ms_per_step and params");
     };
-    Ok((ms, params))
+    Ok(PeerStep { ms_per_step, params, step_gflop: v["step_gflop"].as_f64(), gemm_gflops: v["gemm_gflops"].as_f64() })
 }
