@@ -108,54 +108,127 @@ fn valid_columns(w: usize, wo: usize, dx: usize, padding: usize) -> (usize, usiz
     (lo, hi)
 }
 
+/// Whether patch rows are whole shifted planes: stride 1 and as many output as
+/// input columns (3x3 with padding 1, 1x1 without), so that output pixel `j`
+/// of patch row (dy, dx) reads input pixel `j + shift(dy, dx)`.
+fn shifts_planes(d: &Dims, g: ConvGeometry) -> bool {
+    g.stride == 1 && d.wo == d.w
+}
+
+/// The input offset of patch row (dy, dx) in a shifted-plane convolution.
+fn plane_shift(d: &Dims, g: ConvGeometry, dy: usize, dx: usize) -> isize {
+    (dy as isize - g.padding as isize) * d.w as isize + dx as isize - g.padding as isize
+}
+
+/// The output pixels `a..b` of rows `ylo..yhi` whose source `j + shift` lies
+/// inside a plane of `plane` pixels; the pixels cut off are all in padding
+/// columns (zero in the patches). Empty (`a == b`) when no row is valid.
+fn shifted_span(ylo: usize, yhi: usize, w: usize, shift: isize, plane: usize) -> (usize, usize) {
+    let a = (ylo * w).max((-shift).max(0) as usize);
+    let b = (yhi * w).min((plane as isize - shift).max(0) as usize);
+    (a, b.max(a))
+}
+
 /// Unfolds images `n0..n0 + nb` of `x` into `cols`, (C k k) rows ordered
 /// (c, dy, dx) like the weight, each row `nb * Ho * Wo` long, image-major.
 fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, n0: usize, nb: usize, cols: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
+    let k = g.kernel;
     let hwo = d.ho * d.wo;
     let plane = d.h * d.w;
+    let fast = shifts_planes(d, g);
     cols.par_chunks_mut(nb * hwo)
         .enumerate()
         .for_each(|(r, row)| {
             let (c, dy, dx) = (r / (k * k), (r / k) % k, r % k);
-            let (lo, hi) = valid_columns(d.w, d.wo, dx, p);
             for i in 0..nb {
                 let img = &x[((n0 + i) * d.c + c) * plane..][..plane];
                 let out = &mut row[i * hwo..(i + 1) * hwo];
-                for oy in 0..d.ho {
-                    let orow = &mut out[oy * d.wo..(oy + 1) * d.wo];
-                    let iy = oy * s + dy;
-                    if iy < p || iy - p >= d.h {
-                        orow.fill(0.0);
-                        continue;
-                    }
-                    let irow = &img[(iy - p) * d.w..][..d.w];
-                    if s == 1 {
-                        orow[..lo].fill(0.0);
-                        orow[hi..].fill(0.0);
-                        orow[lo..hi].copy_from_slice(&irow[lo + dx - p..hi + dx - p]);
-                    } else {
-                        for (ox, v) in orow.iter_mut().enumerate() {
-                            let ix = ox * s + dx;
-                            *v = if ix < p || ix - p >= d.w {
-                                0.0
-                            } else {
-                                irow[ix - p]
-                            };
-                        }
-                    }
+                if fast {
+                    unfold_shifted(img, d, g, dy, dx, out);
+                } else {
+                    unfold_rows(img, d, g, dy, dx, out);
                 }
             }
         });
 }
 
+/// One patch row of one image as one copy of the shifted plane, then the
+/// padding rows and columns zeroed (a per-row copy of 32 or fewer pixels
+/// costs more in calls than in bytes).
+fn unfold_shifted(img: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dx: usize, out: &mut [f32]) {
+    let (ylo, yhi) = valid_columns(d.h, d.ho, dy, g.padding);
+    let (xlo, xhi) = valid_columns(d.w, d.wo, dx, g.padding);
+    let w = d.wo;
+    out[..ylo * w].fill(0.0);
+    out[yhi * w..].fill(0.0);
+    let shift = plane_shift(d, g, dy, dx);
+    let (a, b) = shifted_span(ylo, yhi, w, shift, img.len());
+    if a < b {
+        out[a..b]
+            .copy_from_slice(&img[(a as isize + shift) as usize..(b as isize + shift) as usize]);
+    }
+    for oy in ylo..yhi {
+        let orow = &mut out[oy * w..(oy + 1) * w];
+        orow[..xlo].fill(0.0);
+        orow[xhi..].fill(0.0);
+    }
+}
+
+/// One patch row of one image, output row by output row (any stride).
+fn unfold_rows(img: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dx: usize, out: &mut [f32]) {
+    let (s, p) = (g.stride, g.padding);
+    let (lo, hi) = valid_columns(d.w, d.wo, dx, p);
+    for oy in 0..d.ho {
+        let orow = &mut out[oy * d.wo..(oy + 1) * d.wo];
+        let iy = oy * s + dy;
+        if iy < p || iy - p >= d.h {
+            orow.fill(0.0);
+            continue;
+        }
+        let irow = &img[(iy - p) * d.w..][..d.w];
+        if s == 1 {
+            orow[..lo].fill(0.0);
+            orow[hi..].fill(0.0);
+            orow[lo..hi].copy_from_slice(&irow[lo + dx - p..hi + dx - p]);
+        } else {
+            for (ox, v) in orow.iter_mut().enumerate() {
+                let ix = ox * s + dx;
+                *v = if ix < p || ix - p >= d.w {
+                    0.0
+                } else {
+                    irow[ix - p]
+                };
+            }
+        }
+    }
+}
+
 /// The adjoint of [`im2col`]: sums the patch gradients `dcols` back into the
 /// input gradient `dx` of images `n0..n0 + nb` (`dx` holds just those images).
-/// Each (image, channel) plane is summed by one task in a fixed order.
-fn col2im(dcols: &[f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
+/// Each (image, channel) plane is summed by one task in a fixed order, the
+/// patch rows in (dy, dx) order. For shifted planes the padding columns of
+/// `dcols` are zeroed first, so each patch row adds in one contiguous pass (the
+/// zeros it adds change no sum).
+fn col2im(dcols: &mut [f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
+    let k = g.kernel;
     let hwo = d.ho * d.wo;
     let width = nb * hwo;
+    let fast = shifts_planes(d, g);
+    if fast {
+        dcols
+            .par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (xlo, xhi) = valid_columns(d.w, d.wo, r % k, g.padding);
+                if xlo > 0 || xhi < d.wo {
+                    for orow in row.chunks_mut(d.wo) {
+                        orow[..xlo].fill(0.0);
+                        orow[xhi..].fill(0.0);
+                    }
+                }
+            });
+    }
+    let dcols = &*dcols;
     dx.par_chunks_mut(d.h * d.w)
         .enumerate()
         .for_each(|(idx, plane)| {
@@ -165,33 +238,53 @@ fn col2im(dcols: &[f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
                 for dxk in 0..k {
                     let r = (c * k + dy) * k + dxk;
                     let src = &dcols[r * width + i * hwo..][..hwo];
-                    let (lo, hi) = valid_columns(d.w, d.wo, dxk, p);
-                    for oy in 0..d.ho {
-                        let iy = oy * s + dy;
-                        if iy < p || iy - p >= d.h {
+                    if fast {
+                        let (ylo, yhi) = valid_columns(d.h, d.ho, dy, g.padding);
+                        let shift = plane_shift(d, g, dy, dxk);
+                        let (a, b) = shifted_span(ylo, yhi, d.wo, shift, plane.len());
+                        if a == b {
                             continue;
                         }
-                        let prow = &mut plane[(iy - p) * d.w..][..d.w];
-                        let srow = &src[oy * d.wo..(oy + 1) * d.wo];
-                        if s == 1 {
-                            for (dst, v) in prow[lo + dxk - p..hi + dxk - p]
-                                .iter_mut()
-                                .zip(&srow[lo..hi])
-                            {
-                                *dst += v;
-                            }
-                        } else {
-                            for (ox, v) in srow.iter().enumerate() {
-                                let ix = ox * s + dxk;
-                                if ix >= p && ix - p < d.w {
-                                    prow[ix - p] += v;
-                                }
-                            }
+                        let dst = &mut plane
+                            [(a as isize + shift) as usize..(b as isize + shift) as usize];
+                        for (dst, v) in dst.iter_mut().zip(&src[a..b]) {
+                            *dst += v;
                         }
+                    } else {
+                        fold_rows(src, d, g, dy, dxk, plane);
                     }
                 }
             }
         });
+}
+
+/// Adds one patch row of one image back into its plane, row by row (any stride).
+fn fold_rows(src: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dxk: usize, plane: &mut [f32]) {
+    let (s, p) = (g.stride, g.padding);
+    let (lo, hi) = valid_columns(d.w, d.wo, dxk, p);
+    for oy in 0..d.ho {
+        let iy = oy * s + dy;
+        if iy < p || iy - p >= d.h {
+            continue;
+        }
+        let prow = &mut plane[(iy - p) * d.w..][..d.w];
+        let srow = &src[oy * d.wo..(oy + 1) * d.wo];
+        if s == 1 {
+            for (dst, v) in prow[lo + dxk - p..hi + dxk - p]
+                .iter_mut()
+                .zip(&srow[lo..hi])
+            {
+                *dst += v;
+            }
+        } else {
+            for (ox, v) in srow.iter().enumerate() {
+                let ix = ox * s + dxk;
+                if ix >= p && ix - p < d.w {
+                    prow[ix - p] += v;
+                }
+            }
+        }
+    }
 }
 
 /// `dst` (cols x rows, row-major) = the transpose of `src` (rows x cols,
@@ -199,18 +292,20 @@ fn col2im(dcols: &[f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
 fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 64;
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
-    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(tile, out)| {
-        let j0 = tile * TILE;
-        let tile_cols = out.len() / rows;
-        for i0 in (0..rows).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(rows) {
-                let row = &src[i * cols + j0..][..tile_cols];
-                for (j, &v) in row.iter().enumerate() {
-                    out[j * rows + i] = v;
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(tile, out)| {
+            let j0 = tile * TILE;
+            let tile_cols = out.len() / rows;
+            for i0 in (0..rows).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    let row = &src[i * cols + j0..][..tile_cols];
+                    for (j, &v) in row.iter().enumerate() {
+                        out[j * rows + i] = v;
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Forward op: (x, weight, bias) -> y, unfolding at most `max_cols` f32 at once.
@@ -555,6 +650,75 @@ mod tests {
                 padding: 0,
             },
         );
+    }
+
+    /// The shifted-plane unfolding and folding agree bit for bit with the
+    /// row-by-row ones they replace (same values, same order of sums).
+    #[test]
+    fn shifted_planes_match_the_row_by_row_path_exactly() {
+        for (h, w, k, p) in [
+            (8, 8, 3, 1),
+            (5, 7, 3, 1),
+            (4, 6, 1, 0),
+            (6, 5, 5, 2),
+            (1, 3, 3, 1),
+        ] {
+            let g = ConvGeometry {
+                kernel: k,
+                stride: 1,
+                padding: p,
+            };
+            let (b, c) = (2, 3);
+            let x = det(&[b, c, h, w], 0.1)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let d = Dims {
+                b,
+                c,
+                h,
+                w,
+                o: 1,
+                ho: h + 2 * p - k + 1,
+                wo: w + 2 * p - k + 1,
+            };
+            assert!(shifts_planes(&d, g));
+            let (hwo, plane) = (d.ho * d.wo, h * w);
+            let mut fast = vec![f32::NAN; d.ckk(g) * b * hwo];
+            im2col(&x, &d, g, 0, b, &mut fast);
+            let mut slow = vec![f32::NAN; fast.len()];
+            for (r, row) in slow.chunks_mut(b * hwo).enumerate() {
+                let (ci, dy, dx) = (r / (k * k), (r / k) % k, r % k);
+                for i in 0..b {
+                    let img = &x[(i * c + ci) * plane..][..plane];
+                    unfold_rows(img, &d, g, dy, dx, &mut row[i * hwo..(i + 1) * hwo]);
+                }
+            }
+            assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "im2col {h}x{w} k{k} p{p}"
+            );
+            let dcols = det(&[fast.len()], 0.9).to_vec1::<f32>().unwrap();
+            let mut dx_fast = vec![f32::NAN; b * c * plane];
+            col2im(&mut dcols.clone(), &d, g, b, &mut dx_fast);
+            let mut dx_slow = vec![0f32; b * c * plane];
+            for (idx, pl) in dx_slow.chunks_mut(plane).enumerate() {
+                let (i, ci) = (idx / c, idx % c);
+                for dy in 0..k {
+                    for dxk in 0..k {
+                        let r = (ci * k + dy) * k + dxk;
+                        fold_rows(&dcols[r * b * hwo + i * hwo..][..hwo], &d, g, dy, dxk, pl);
+                    }
+                }
+            }
+            assert_eq!(
+                dx_fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                dx_slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "col2im {h}x{w} k{k} p{p}"
+            );
+        }
     }
 
     #[test]
