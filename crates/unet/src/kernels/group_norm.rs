@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{expf, f32_slice};
 
 /// Groups, epsilon and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,8 +43,16 @@ fn stats(xs: &[f32], eps: f64) -> (f32, f32) {
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+/// `sigmoid(z) = 1 / (1 + e^-z)` of every `z(j)`, `j < out.len()`, into `out`:
+/// the exponentials of a whole channel at once, so that they vectorise.
+fn sigmoids(out: &mut [f32], z: impl Fn(usize) -> f32) {
+    for (j, e) in out.iter_mut().enumerate() {
+        *e = -z(j);
+    }
+    expf::exp_in_place(out);
+    for e in out.iter_mut() {
+        *e = 1.0 / (1.0 + *e);
+    }
 }
 
 /// Forward op: (x, gamma, beta) -> y.
@@ -90,12 +98,17 @@ impl CustomOp3 for GroupNormForward {
                 for ci in 0..cpg {
                     let ch = g * cpg + ci;
                     let (ga, be) = (gamma[ch], beta[ch]);
-                    for (y, &v) in ys[ci * hw..(ci + 1) * hw]
-                        .iter_mut()
-                        .zip(&xs[ci * hw..(ci + 1) * hw])
-                    {
-                        let z = (v - mean) * rstd * ga + be;
-                        *y = if spec.silu { z * sigmoid(z) } else { z };
+                    let (ys, xs) = (&mut ys[ci * hw..(ci + 1) * hw], &xs[ci * hw..(ci + 1) * hw]);
+                    let z = |v: f32| (v - mean) * rstd * ga + be;
+                    if spec.silu {
+                        sigmoids(ys, |j| z(xs[j]));
+                        for (y, &v) in ys.iter_mut().zip(xs) {
+                            *y *= z(v);
+                        }
+                    } else {
+                        for (y, &v) in ys.iter_mut().zip(xs) {
+                            *y = z(v);
+                        }
                     }
                 }
             });
@@ -166,20 +179,26 @@ impl CustomOp3 for GroupNormBackward {
                 let g = idx % spec.groups;
                 let (mean, rstd) = stats(xs, spec.eps);
                 let (mut sum_d, mut sum_dx) = (0f64, 0f64);
+                let mut sig = vec![0f32; if spec.silu { hw } else { 0 }];
                 for (ci, channel_sums) in part.iter_mut().enumerate() {
                     let ch = g * cpg + ci;
                     let (ga, be) = (gamma[ch], beta[ch]);
                     let (mut dgamma, mut dbeta) = (0f64, 0f64);
                     let range = ci * hw..(ci + 1) * hw;
-                    for ((d, &v), &gy) in dxs[range.clone()]
+                    if spec.silu {
+                        let xs = &xs[range.clone()];
+                        sigmoids(&mut sig, |j| (xs[j] - mean) * rstd * ga + be);
+                    }
+                    for (j, ((d, &v), &gy)) in dxs[range.clone()]
                         .iter_mut()
                         .zip(&xs[range.clone()])
                         .zip(&dys[range])
+                        .enumerate()
                     {
                         let xhat = (v - mean) * rstd;
                         let dz = if spec.silu {
                             let z = xhat * ga + be;
-                            let s = sigmoid(z);
+                            let s = sig[j];
                             gy * s * (1.0 + z * (1.0 - s))
                         } else {
                             gy

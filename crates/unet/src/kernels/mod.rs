@@ -12,6 +12,7 @@
 //! bit-identical whatever the number of threads.
 
 pub mod conv;
+pub mod expf;
 pub mod gemm;
 pub mod group_norm;
 pub mod optim;
