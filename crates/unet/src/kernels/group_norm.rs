@@ -31,16 +31,60 @@ fn dims(op: &str, spec: &GroupNormSpec, shape: &Shape) -> Result<(usize, usize, 
     Ok((b, c, d[2..].iter().product()))
 }
 
-/// Mean and 1 / sqrt(var + eps) of one group.
-fn stats(xs: &[f32], eps: f64) -> (f32, f32) {
-    let n = xs.len().max(1) as f64;
-    let mean = xs.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = xs
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+/// Mean and 1 / sqrt(var + eps) of every (image, group) of `x`, groups of
+/// `n` consecutive elements, in parallel over images. The sums are f64 in
+/// element order within each group (as one group at a time would give them),
+/// with the groups of an image [`LANES`] side by side: eight independent
+/// chains keep the adders busy instead of waiting out each addition.
+fn all_stats(x: &[f32], groups: usize, n: usize, eps: f64) -> Vec<(f32, f32)> {
+    let mut stats = vec![(0f32, 0f32); x.len() / n.max(1)];
+    stats
+        .par_chunks_mut(groups)
+        .zip(x.par_chunks(groups * n))
+        .for_each(|(out, xs)| {
+            for (block, out) in out.chunks_mut(LANES).enumerate() {
+                let xs = &xs[block * LANES * n..][..out.len() * n];
+                match out.len() {
+                    8 => lane_stats::<8>(xs, n, eps, out),
+                    7 => lane_stats::<7>(xs, n, eps, out),
+                    6 => lane_stats::<6>(xs, n, eps, out),
+                    5 => lane_stats::<5>(xs, n, eps, out),
+                    4 => lane_stats::<4>(xs, n, eps, out),
+                    3 => lane_stats::<3>(xs, n, eps, out),
+                    2 => lane_stats::<2>(xs, n, eps, out),
+                    _ => lane_stats::<1>(xs, n, eps, out),
+                }
+            }
+        });
+    stats
+}
+
+/// Groups whose statistics are summed side by side.
+const LANES: usize = 8;
+
+/// The statistics of the `L` groups of `n` elements in `xs`.
+// Indexing by position, not iterators: element `i` of all lanes per round.
+#[allow(clippy::needless_range_loop)]
+fn lane_stats<const L: usize>(xs: &[f32], n: usize, eps: f64, out: &mut [(f32, f32)]) {
+    let rows: [&[f32]; L] = std::array::from_fn(|l| &xs[l * n..(l + 1) * n]);
+    let nf = n.max(1) as f64;
+    // -0.0, where `Iterator::sum` starts.
+    let mut sum = [-0f64; L];
+    for i in 0..n {
+        for l in 0..L {
+            sum[l] += f64::from(rows[l][i]);
+        }
+    }
+    let mean = sum.map(|s| s / nf);
+    let mut sq = [-0f64; L];
+    for i in 0..n {
+        for l in 0..L {
+            sq[l] += (f64::from(rows[l][i]) - mean[l]).powi(2);
+        }
+    }
+    for l in 0..L {
+        out[l] = (mean[l] as f32, (1.0 / (sq[l] / nf + eps).sqrt()) as f32);
+    }
 }
 
 /// `sigmoid(z) = 1 / (1 + e^-z)` of every `z(j)`, `j < out.len()`, into `out`:
@@ -88,13 +132,14 @@ impl CustomOp3 for GroupNormForward {
             )
         }
         let cpg = c / spec.groups;
+        let stats = all_stats(x, spec.groups, cpg * hw, spec.eps);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(cpg * hw)
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
             .for_each(|(idx, (ys, xs))| {
                 let g = idx % spec.groups;
-                let (mean, rstd) = stats(xs, spec.eps);
+                let (mean, rstd) = stats[idx];
                 for ci in 0..cpg {
                     let ch = g * cpg + ci;
                     let (ga, be) = (gamma[ch], beta[ch]);
@@ -169,54 +214,47 @@ impl CustomOp3 for GroupNormBackward {
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
+        let stats = all_stats(x, spec.groups, group, spec.eps);
         let dx = &mut out[..x.len()];
-        dx.par_chunks_mut(group)
-            .zip(x.par_chunks(group))
-            .zip(dy.par_chunks(group))
-            .zip(partial.par_chunks_mut(cpg))
-            .enumerate()
-            .for_each(|(idx, (((dxs, xs), dys), part))| {
-                let g = idx % spec.groups;
-                let (mean, rstd) = stats(xs, spec.eps);
-                let (mut sum_d, mut sum_dx) = (0f64, 0f64);
-                let mut sig = vec![0f32; if spec.silu { hw } else { 0 }];
-                for (ci, channel_sums) in part.iter_mut().enumerate() {
-                    let ch = g * cpg + ci;
+        dx.par_chunks_mut(c * hw)
+            .zip(x.par_chunks(c * hw))
+            .zip(dy.par_chunks(c * hw))
+            .zip(partial.par_chunks_mut(c))
+            .zip(stats.par_chunks(spec.groups))
+            .for_each(|((((dxs, xs), dys), part), stats)| {
+                // The sigmoids of the whole image, a channel at a time.
+                let mut sig = vec![0f32; if spec.silu { c * hw } else { 0 }];
+                for (ch, s) in sig.chunks_mut(hw).enumerate() {
+                    let (mean, rstd) = stats[ch / cpg];
                     let (ga, be) = (gamma[ch], beta[ch]);
-                    let (mut dgamma, mut dbeta) = (0f64, 0f64);
-                    let range = ci * hw..(ci + 1) * hw;
-                    if spec.silu {
-                        let xs = &xs[range.clone()];
-                        sigmoids(&mut sig, |j| (xs[j] - mean) * rstd * ga + be);
-                    }
-                    for (j, ((d, &v), &gy)) in dxs[range.clone()]
-                        .iter_mut()
-                        .zip(&xs[range.clone()])
-                        .zip(&dys[range])
-                        .enumerate()
-                    {
-                        let xhat = (v - mean) * rstd;
-                        let dz = if spec.silu {
-                            let z = xhat * ga + be;
-                            let s = sig[j];
-                            gy * s * (1.0 + z * (1.0 - s))
-                        } else {
-                            gy
-                        };
-                        dgamma += f64::from(dz * xhat);
-                        dbeta += f64::from(dz);
-                        let dxhat = dz * ga;
-                        sum_d += f64::from(dxhat);
-                        sum_dx += f64::from(dxhat * xhat);
-                        *d = dxhat;
-                    }
-                    *channel_sums = (dgamma, dbeta);
+                    let xs = &xs[ch * hw..(ch + 1) * hw];
+                    sigmoids(s, |j| (xs[j] - mean) * rstd * ga + be);
                 }
-                let n = group as f64;
-                let (m1, m2) = ((sum_d / n) as f32, (sum_dx / n) as f32);
-                for (d, &v) in dxs.iter_mut().zip(xs) {
-                    let xhat = (v - mean) * rstd;
-                    *d = rstd * (*d - m1 - xhat * m2);
+                for g0 in (0..spec.groups).step_by(LANES) {
+                    let lanes = LANES.min(spec.groups - g0);
+                    let (e0, e1) = (g0 * group, (g0 + lanes) * group);
+                    let (c0, c1) = (g0 * cpg, (g0 + lanes) * cpg);
+                    let block = BackwardBlock {
+                        xs: &xs[e0..e1],
+                        dys: &dys[e0..e1],
+                        sig: if spec.silu { &sig[e0..e1] } else { &[] },
+                        stats: &stats[g0..g0 + lanes],
+                        gamma: &gamma[c0..c1],
+                        beta: &beta[c0..c1],
+                        cpg,
+                        hw,
+                    };
+                    let (dxs, part) = (&mut dxs[e0..e1], &mut part[c0..c1]);
+                    match lanes {
+                        8 => block.run::<8>(dxs, part),
+                        7 => block.run::<7>(dxs, part),
+                        6 => block.run::<6>(dxs, part),
+                        5 => block.run::<5>(dxs, part),
+                        4 => block.run::<4>(dxs, part),
+                        3 => block.run::<3>(dxs, part),
+                        2 => block.run::<2>(dxs, part),
+                        _ => block.run::<1>(dxs, part),
+                    }
                 }
             });
         let (dgamma, dbeta) = out[x.len()..].split_at_mut(c);
@@ -231,6 +269,79 @@ impl CustomOp3 for GroupNormBackward {
         }
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// The backward pass over `L` consecutive groups of one image (`stats`,
+/// `gamma` and `beta` theirs; `sig` their SiLU sigmoids, empty without SiLU).
+struct BackwardBlock<'a> {
+    xs: &'a [f32],
+    dys: &'a [f32],
+    sig: &'a [f32],
+    stats: &'a [(f32, f32)],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    cpg: usize,
+    hw: usize,
+}
+
+impl BackwardBlock<'_> {
+    /// `dxs` and the groups' per-channel (dgamma, dbeta) in `part`. Every sum
+    /// is one f64 chain per group and channel in element order, as one group
+    /// at a time would give it; the `L` groups run side by side so that their
+    /// chains overlap.
+    fn run<const L: usize>(&self, dxs: &mut [f32], part: &mut [(f64, f64)]) {
+        let (cpg, hw) = (self.cpg, self.hw);
+        let group = cpg * hw;
+        let silu = !self.sig.is_empty();
+        let x: [&[f32]; L] = std::array::from_fn(|l| &self.xs[l * group..][..group]);
+        let gy: [&[f32]; L] = std::array::from_fn(|l| &self.dys[l * group..][..group]);
+        let sig: [&[f32]; L] = std::array::from_fn(|l| {
+            if silu {
+                &self.sig[l * group..][..group]
+            } else {
+                &[][..]
+            }
+        });
+        let mut rows = dxs.chunks_mut(group);
+        let d: [&mut [f32]; L] = std::array::from_fn(|_| rows.next().expect("L groups"));
+        let mean: [f32; L] = std::array::from_fn(|l| self.stats[l].0);
+        let rstd: [f32; L] = std::array::from_fn(|l| self.stats[l].1);
+        let (mut sum_d, mut sum_dx) = ([0f64; L], [0f64; L]);
+        for ci in 0..cpg {
+            let ga: [f32; L] = std::array::from_fn(|l| self.gamma[l * cpg + ci]);
+            let be: [f32; L] = std::array::from_fn(|l| self.beta[l * cpg + ci]);
+            let (mut dgamma, mut dbeta) = ([0f64; L], [0f64; L]);
+            for j in ci * hw..(ci + 1) * hw {
+                for l in 0..L {
+                    let xhat = (x[l][j] - mean[l]) * rstd[l];
+                    let dz = if silu {
+                        let z = xhat * ga[l] + be[l];
+                        let s = sig[l][j];
+                        gy[l][j] * s * (1.0 + z * (1.0 - s))
+                    } else {
+                        gy[l][j]
+                    };
+                    dgamma[l] += f64::from(dz * xhat);
+                    dbeta[l] += f64::from(dz);
+                    let dxhat = dz * ga[l];
+                    sum_d[l] += f64::from(dxhat);
+                    sum_dx[l] += f64::from(dxhat * xhat);
+                    d[l][j] = dxhat;
+                }
+            }
+            for l in 0..L {
+                part[l * cpg + ci] = (dgamma[l], dbeta[l]);
+            }
+        }
+        let n = group as f64;
+        for l in 0..L {
+            let (m1, m2) = ((sum_d[l] / n) as f32, (sum_dx[l] / n) as f32);
+            for (dd, &v) in d[l].iter_mut().zip(x[l]) {
+                let xhat = (v - mean[l]) * rstd[l];
+                *dd = rstd[l] * (*dd - m1 - xhat * m2);
+            }
+        }
     }
 }
 
@@ -269,6 +380,119 @@ mod tests {
         a.iter()
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// One group of one image at a time, as the kernels computed before
+    /// their groups ran side by side: y, dx and the per-channel (dgamma,
+    /// dbeta) of the group.
+    #[allow(clippy::type_complexity)]
+    fn one_group(
+        xs: &[f32],
+        dys: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        spec: GroupNormSpec,
+        hw: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<(f64, f64)>) {
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        let n = xs.len() as f64;
+        let mean = xs.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = xs
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let (mean, rstd) = (mean as f32, (1.0 / (var + spec.eps).sqrt()) as f32);
+        let (mut ys, mut dxs, mut part) = (vec![0f32; xs.len()], vec![0f32; xs.len()], Vec::new());
+        let (mut sum_d, mut sum_dx) = (0f64, 0f64);
+        for ci in 0..xs.len() / hw {
+            let (ga, be) = (gamma[ci], beta[ci]);
+            let (mut dgamma, mut dbeta) = (0f64, 0f64);
+            for j in ci * hw..(ci + 1) * hw {
+                let z = (xs[j] - mean) * rstd * ga + be;
+                ys[j] = if spec.silu { z * sigmoid(z) } else { z };
+                let xhat = (xs[j] - mean) * rstd;
+                let dz = if spec.silu {
+                    let s = sigmoid(xhat * ga + be);
+                    dys[j] * s * (1.0 + (xhat * ga + be) * (1.0 - s))
+                } else {
+                    dys[j]
+                };
+                dgamma += f64::from(dz * xhat);
+                dbeta += f64::from(dz);
+                let dxhat = dz * ga;
+                sum_d += f64::from(dxhat);
+                sum_dx += f64::from(dxhat * xhat);
+                dxs[j] = dxhat;
+            }
+            part.push((dgamma, dbeta));
+        }
+        let (m1, m2) = ((sum_d / n) as f32, (sum_dx / n) as f32);
+        for (d, &v) in dxs.iter_mut().zip(xs) {
+            let xhat = (v - mean) * rstd;
+            *d = rstd * (*d - m1 - xhat * m2);
+        }
+        (ys, dxs, part)
+    }
+
+    /// The groups summed side by side give, bit for bit, what one group at a
+    /// time gives (on glibc, whose `expf` the kernels' exponential is).
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn groups_side_by_side_match_one_group_at_a_time_exactly() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (b, groups, cpg, hw) in [(2, 2, 3, 20), (1, 8, 4, 64), (3, 12, 2, 9), (2, 32, 1, 16)] {
+            for silu in [false, true] {
+                let spec = GroupNormSpec {
+                    groups,
+                    eps: 1e-6,
+                    silu,
+                };
+                let c = groups * cpg;
+                let x = Var::from_tensor(&det(&[b, c, hw], 0.1, 2.0)).unwrap();
+                let dy = det(&[b, c, hw], 0.7, 1.0);
+                let gamma = Var::from_tensor(&det(&[c], 0.2, 1.0)).unwrap();
+                let beta = Var::from_tensor(&det(&[c], 0.3, 1.0)).unwrap();
+                let y =
+                    group_norm(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), spec).unwrap();
+                let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let (xs, dys, ys) = (flat(x.as_tensor()), flat(&dy), flat(&y));
+                let dx = flat(grads.get(x.as_tensor()).unwrap());
+                let (ga, be) = (flat(gamma.as_tensor()), flat(beta.as_tensor()));
+                let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
+                for i in 0..b {
+                    for g in 0..groups {
+                        let r = (i * c + g * cpg) * hw..(i * c + (g + 1) * cpg) * hw;
+                        let ch = g * cpg..(g + 1) * cpg;
+                        let (want_y, want_dx, part) = one_group(
+                            &xs[r.clone()],
+                            &dys[r.clone()],
+                            &ga[ch.clone()],
+                            &be[ch.clone()],
+                            spec,
+                            hw,
+                        );
+                        let what = format!("image {i}, group {g} of {groups}, silu {silu}");
+                        assert_eq!(bits(&ys[r.clone()]), bits(&want_y), "y, {what}");
+                        assert_eq!(bits(&dx[r]), bits(&want_dx), "dx, {what}");
+                        for (k, (pg, pb)) in ch.zip(part) {
+                            dgamma[k] += pg;
+                            dbeta[k] += pb;
+                        }
+                    }
+                }
+                let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&flat(grads.get(gamma.as_tensor()).unwrap())),
+                    bits(&to_f32(dgamma))
+                );
+                assert_eq!(
+                    bits(&flat(grads.get(beta.as_tensor()).unwrap())),
+                    bits(&to_f32(dbeta))
+                );
+            }
+        }
     }
 
     #[test]
