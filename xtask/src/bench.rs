@@ -552,9 +552,14 @@ pub struct UnetArgs {
     /// Images per step (default: 2 on the CPU, 128 on a GPU).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Timed steps, after one untimed warm-up step.
+    /// Timed steps per round, after one untimed warm-up step.
     #[arg(long, default_value_t = 1)]
     pub steps: usize,
+    /// Rounds of timed steps; with the peer, its rounds alternate with the
+    /// project's, so that both sides see the same load on a shared machine.
+    /// Each side is reported by its best round, the least disturbed one.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// cpu, cuda or cuda:N (cuda needs xtask built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -603,15 +608,36 @@ fn bench_unet_width(ctx: &Context, args: &UnetArgs, width: usize) -> anyhow::Res
     let mut trainer = e2h_unet::Trainer::new(&config, &data, &device)?;
     let (first, warmup) = timed(|| trainer.step());
     first?;
-    let mut best = Duration::MAX;
-    let mut total = Duration::ZERO;
-    for _ in 0..args.steps.max(1) {
-        let (stats, took) = timed(|| trainer.step());
-        stats?;
-        best = best.min(took);
-        total += took;
+    // The forward GEMM of a first-level 3x3 convolution: weights (width x 9
+    // width) times the batch's patches; most of the step's work has this shape.
+    let gemm_shape = (width, 9 * width, batch * config.model.image_size * config.model.image_size);
+    let steps = args.steps.max(1);
+    let mut with_peer = args.torch || on_gpu;
+    let (mut ours, mut theirs, mut peer_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        let mut total = Duration::ZERO;
+        for _ in 0..steps {
+            let (stats, took) = timed(|| trainer.step());
+            stats?;
+            total += took;
+        }
+        ours.push(total.as_secs_f64() * 1e3 / steps as f64);
+        if with_peer {
+            match torch_peer(ctx, args, width, batch, gemm_shape) {
+                Ok(peer) => {
+                    theirs.push(peer.ms_per_step);
+                    peer_runs.push(peer);
+                }
+                Err(e) => {
+                    outln!("  PyTorch peer not run: {e:#}");
+                    with_peer = false;
+                }
+            }
+        }
     }
-    let mean_ms = total.as_secs_f64() * 1e3 / args.steps.max(1) as f64;
+    let rounds_ms = |v: &[f64]| v.iter().map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join(", ");
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let best_ms = best(&ours);
     let precision = e2h_unet::precision(&device);
     outln!(
         "U-Net training step (e2h-unet on {}, {}): width {}, {:?}, {} parameters, batch {batch}",
@@ -622,9 +648,9 @@ fn bench_unet_width(ctx: &Context, args: &UnetArgs, width: usize) -> anyhow::Res
         trainer.param_count()
     );
     outln!(
-        "  {mean_ms:.1} ms per step (mean of {}, best {:.1} ms; warm-up step {:.1} ms)",
-        args.steps.max(1),
-        best.as_secs_f64() * 1e3,
+        "  {best_ms:.1} ms per step (best of {} rounds of {steps} steps: {} ms; warm-up step {:.1} ms)",
+        ours.len(),
+        rounds_ms(&ours),
         warmup.as_secs_f64() * 1e3
     );
     if !on_gpu {
@@ -634,40 +660,36 @@ fn bench_unet_width(ctx: &Context, args: &UnetArgs, width: usize) -> anyhow::Res
              target/release/xtask bench unet --device cuda --width 128 --tf32"
         );
     }
-    // The forward GEMM of a first-level 3x3 convolution: weights (width x 9
-    // width) times the batch's patches; most of the step's work has this shape.
-    let gemm_shape = (width, 9 * width, batch * config.model.image_size * config.model.image_size);
     let project_gemm = (!on_gpu).then(|| gemm_gflops(gemm_shape));
     if let Some(g) = project_gemm {
         outln!("  GEMM {}x{}x{} (a first-level convolution): {g:.0} GFLOP/s", gemm_shape.0, gemm_shape.1, gemm_shape.2);
     }
-    if !(args.torch || on_gpu) {
+    let Some(peer) = peer_runs.first() else {
         return Ok(None);
+    };
+    let peer_ms = best(&theirs);
+    let ratio = best_ms / peer_ms;
+    outln!(
+        "  PyTorch peer: {peer_ms:.1} ms per step (best of {} rounds, alternating with the project's: {} ms; {} parameters) -> project / PyTorch = {ratio:.2}",
+        theirs.len(),
+        rounds_ms(&theirs),
+        peer.params
+    );
+    if peer.params != trainer.param_count() as u64 {
+        outln!("  warning: the peer's parameter count differs from the project's");
     }
-    match torch_peer(ctx, args, width, batch, gemm_shape) {
-        Ok(peer) => {
-            let ms = peer.ms_per_step;
-            outln!("  PyTorch peer: {ms:.1} ms per step ({} parameters) -> project / PyTorch = {:.2}", peer.params, mean_ms / ms);
-            if peer.params != trainer.param_count() as u64 {
-                outln!("  warning: the peer's parameter count differs from the project's");
-            }
-            if let Some(gflop) = peer.step_gflop {
-                outln!(
-                    "  {gflop:.1} GFLOP per step (PyTorch's count): project {:.0} GFLOP/s, PyTorch {:.0} GFLOP/s",
-                    gflop / (mean_ms / 1e3),
-                    gflop / (ms / 1e3)
-                );
-            }
-            if let (Some(p), Some(t)) = (project_gemm, peer.gemm_gflops) {
-                outln!("  the same GEMM in PyTorch: {t:.0} GFLOP/s (project / PyTorch throughput {:.2})", p / t);
-            }
-            Ok(Some(mean_ms / ms))
-        }
-        Err(e) => {
-            outln!("  PyTorch peer not run: {e:#}");
-            Ok(None)
-        }
+    if let Some(gflop) = peer.step_gflop {
+        outln!(
+            "  {gflop:.1} GFLOP per step (PyTorch's count): project {:.0} GFLOP/s, PyTorch {:.0} GFLOP/s",
+            gflop / (best_ms / 1e3),
+            gflop / (peer_ms / 1e3)
+        );
     }
+    let peer_gemm = peer_runs.iter().filter_map(|p| p.gemm_gflops).fold(None, |a: Option<f64>, g| Some(a.map_or(g, |a| a.max(g))));
+    if let (Some(p), Some(t)) = (project_gemm, peer_gemm) {
+        outln!("  the same GEMM in PyTorch: {t:.0} GFLOP/s (project / PyTorch throughput {:.2})", p / t);
+    }
+    Ok(Some(ratio))
 }
 
 /// Best of 5 rounds of 5 products, in GFLOP/s, of the project's CPU GEMM
@@ -716,6 +738,7 @@ fn torch_peer(
     let mut cmd = Command::new(&args.python);
     cmd.arg(&script).args(["--json", "--width", &width.to_string(), "--channel-mult", &mult]);
     cmd.args(["--batch", &batch.to_string(), "--device", &device]);
+    cmd.args(["--steps", &args.steps.max(1).to_string(), "--warmup", "3"]);
     cmd.args(["--gemm", &format!("{},{},{}", gemm_shape.0, gemm_shape.1, gemm_shape.2)]);
     if args.tf32 {
         cmd.arg("--tf32");
