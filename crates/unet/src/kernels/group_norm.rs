@@ -31,6 +31,22 @@ fn dims(op: &str, spec: &GroupNormSpec, shape: &Shape) -> Result<(usize, usize, 
     Ok((b, c, d[2..].iter().product()))
 }
 
+/// Groups whose statistics are summed side by side.
+const LANES: usize = 8;
+
+/// `$body` with the const `$l` set to the run-time `$lanes` (1 to [`LANES`]).
+macro_rules! with_lanes {
+    ($lanes:expr, $l:ident => $body:expr) => {
+        with_lanes!(@ $lanes, $l, $body; 8, 7, 6, 5, 4, 3, 2)
+    };
+    (@ $lanes:expr, $l:ident, $body:expr; $($n:literal),*) => {
+        match $lanes {
+            $($n => { const $l: usize = $n; $body })*
+            _ => { const $l: usize = 1; $body }
+        }
+    };
+}
+
 /// Mean and 1 / sqrt(var + eps) of every (image, group) of `x`, groups of
 /// `n` consecutive elements, in parallel over images. The sums are f64 in
 /// element order within each group (as one group at a time would give them),
@@ -44,30 +60,18 @@ fn all_stats(x: &[f32], groups: usize, n: usize, eps: f64) -> Vec<(f32, f32)> {
         .for_each(|(out, xs)| {
             for (block, out) in out.chunks_mut(LANES).enumerate() {
                 let xs = &xs[block * LANES * n..][..out.len() * n];
-                match out.len() {
-                    8 => lane_stats::<8>(xs, n, eps, out),
-                    7 => lane_stats::<7>(xs, n, eps, out),
-                    6 => lane_stats::<6>(xs, n, eps, out),
-                    5 => lane_stats::<5>(xs, n, eps, out),
-                    4 => lane_stats::<4>(xs, n, eps, out),
-                    3 => lane_stats::<3>(xs, n, eps, out),
-                    2 => lane_stats::<2>(xs, n, eps, out),
-                    _ => lane_stats::<1>(xs, n, eps, out),
-                }
+                with_lanes!(out.len(), L => lane_stats::<L>(xs, n, eps, out));
             }
         });
     stats
 }
 
-/// Groups whose statistics are summed side by side.
-const LANES: usize = 8;
-
 /// The statistics of the `L` groups of `n` elements in `xs`.
 // Indexing by position, not iterators: element `i` of all lanes per round.
 #[allow(clippy::needless_range_loop)]
 fn lane_stats<const L: usize>(xs: &[f32], n: usize, eps: f64, out: &mut [(f32, f32)]) {
-    let rows: [&[f32]; L] = std::array::from_fn(|l| &xs[l * n..(l + 1) * n]);
     let nf = n.max(1) as f64;
+    let rows: [&[f32]; L] = std::array::from_fn(|l| &xs[l * n..(l + 1) * n]);
     // -0.0, where `Iterator::sum` starts.
     let mut sum = [-0f64; L];
     for i in 0..n {
@@ -245,16 +249,7 @@ impl CustomOp3 for GroupNormBackward {
                         hw,
                     };
                     let (dxs, part) = (&mut dxs[e0..e1], &mut part[c0..c1]);
-                    match lanes {
-                        8 => block.run::<8>(dxs, part),
-                        7 => block.run::<7>(dxs, part),
-                        6 => block.run::<6>(dxs, part),
-                        5 => block.run::<5>(dxs, part),
-                        4 => block.run::<4>(dxs, part),
-                        3 => block.run::<3>(dxs, part),
-                        2 => block.run::<2>(dxs, part),
-                        _ => block.run::<1>(dxs, part),
-                    }
+                    with_lanes!(lanes, L => block.run::<L>(dxs, part));
                 }
             });
         let (dgamma, dbeta) = out[x.len()..].split_at_mut(c);
@@ -303,10 +298,14 @@ impl BackwardBlock<'_> {
                 &[][..]
             }
         });
-        let mut rows = dxs.chunks_mut(group);
-        let d: [&mut [f32]; L] = std::array::from_fn(|_| rows.next().expect("L groups"));
         let mean: [f32; L] = std::array::from_fn(|l| self.stats[l].0);
         let rstd: [f32; L] = std::array::from_fn(|l| self.stats[l].1);
+        if let Some((sum_d, sum_dx)) = simd::eight_lane_backward::<L>(self, dxs, part) {
+            finish_dx(&x, dxs, &mean, &rstd, &sum_d, &sum_dx);
+            return;
+        }
+        let mut rows = dxs.chunks_mut(group);
+        let d: [&mut [f32]; L] = std::array::from_fn(|_| rows.next().expect("L groups"));
         let (mut sum_d, mut sum_dx) = ([0f64; L], [0f64; L]);
         for ci in 0..cpg {
             let ga: [f32; L] = std::array::from_fn(|l| self.gamma[l * cpg + ci]);
@@ -334,13 +333,162 @@ impl BackwardBlock<'_> {
                 part[l * cpg + ci] = (dgamma[l], dbeta[l]);
             }
         }
-        let n = group as f64;
-        for l in 0..L {
-            let (m1, m2) = ((sum_d[l] / n) as f32, (sum_dx[l] / n) as f32);
-            for (dd, &v) in d[l].iter_mut().zip(x[l]) {
-                let xhat = (v - mean[l]) * rstd[l];
-                *dd = rstd[l] * (*dd - m1 - xhat * m2);
+        finish_dx(&x, dxs, &mean, &rstd, &sum_d, &sum_dx);
+    }
+}
+
+/// The input gradient of `L` groups from their `dxhat` (in `dxs`) and its sums.
+fn finish_dx<const L: usize>(
+    x: &[&[f32]; L],
+    dxs: &mut [f32],
+    mean: &[f32; L],
+    rstd: &[f32; L],
+    sum_d: &[f64; L],
+    sum_dx: &[f64; L],
+) {
+    let group = dxs.len() / L;
+    let n = group as f64;
+    for (l, d) in dxs.chunks_mut(group).enumerate() {
+        let (m1, m2) = ((sum_d[l] / n) as f32, (sum_dx[l] / n) as f32);
+        for (dd, &v) in d.iter_mut().zip(x[l]) {
+            let xhat = (v - mean[l]) * rstd[l];
+            *dd = rstd[l] * (*dd - m1 - xhat * m2);
+        }
+    }
+}
+
+/// AVX-512 versions of the eight-lane loops above, one group per vector lane.
+/// Each lane performs the scalar code's operations in its order (separate
+/// multiplies and adds, f64 sums element by element), so the results are
+/// bit for bit the same; the lanes' elements, a group apart, are gathered.
+mod simd {
+    use super::BackwardBlock;
+
+    /// Whether this CPU runs the functions below.
+    fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The first pass of [`BackwardBlock::run`] for eight groups: `dxhat`
+    /// into `dxs`, the per-channel (dgamma, dbeta) into `part`; returns the
+    /// groups' sums of `dxhat` and `dxhat xhat`. `None` for other lane
+    /// counts or CPUs.
+    pub(super) fn eight_lane_backward<const L: usize>(
+        block: &BackwardBlock,
+        dxs: &mut [f32],
+        part: &mut [(f64, f64)],
+    ) -> Option<([f64; L], [f64; L])> {
+        let len = 8 * block.cpg * block.hw;
+        let fits = block.xs.len() == len
+            && block.dys.len() == len
+            && dxs.len() == len
+            && (block.sig.is_empty() || block.sig.len() == len)
+            && block.stats.len() == 8
+            && block.gamma.len() == 8 * block.cpg
+            && block.beta.len() == 8 * block.cpg
+            && part.len() == 8 * block.cpg
+            && len <= i32::MAX as usize;
+        if L != 8 || !available() || !fits {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the CPU has the features; the lengths checked above
+            // bound every gathered and scattered index `l * group + j`.
+            #[allow(unsafe_code)]
+            let (sum_d, sum_dx) = unsafe { x86::backward(block, dxs, part) };
+            return Some((
+                std::array::from_fn(|l| sum_d[l]),
+                std::array::from_fn(|l| sum_dx[l]),
+            ));
+        }
+        #[allow(unreachable_code)]
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    mod x86 {
+        use std::arch::x86_64::*;
+
+        use super::BackwardBlock;
+
+        /// Offsets of the eight lanes, `stride` elements apart.
+        #[target_feature(enable = "avx2,avx512f,avx512vl")]
+        fn lanes(stride: usize) -> __m256i {
+            let s = stride as i32;
+            _mm256_setr_epi32(0, s, 2 * s, 3 * s, 4 * s, 5 * s, 6 * s, 7 * s)
+        }
+
+        #[target_feature(enable = "avx2,avx512f,avx512vl")]
+        fn to_array(v: __m512d) -> [f64; 8] {
+            let mut out = [0f64; 8];
+            // SAFETY: `out` holds eight f64.
+            unsafe { _mm512_storeu_pd(out.as_mut_ptr(), v) };
+            out
+        }
+
+        /// See `eight_lane_backward`; the caller checked every length.
+        #[target_feature(enable = "avx2,avx512f,avx512vl")]
+        pub(super) unsafe fn backward(
+            b: &BackwardBlock,
+            dxs: &mut [f32],
+            part: &mut [(f64, f64)],
+        ) -> ([f64; 8], [f64; 8]) {
+            let (cpg, hw) = (b.cpg, b.hw);
+            let idx = lanes(cpg * hw);
+            let silu = !b.sig.is_empty();
+            let (px, pdy, psig, pd) = (
+                b.xs.as_ptr(),
+                b.dys.as_ptr(),
+                b.sig.as_ptr(),
+                dxs.as_mut_ptr(),
+            );
+            let per_lane = |f: &dyn Fn(usize) -> f32| {
+                let v: [f32; 8] = std::array::from_fn(f);
+                // SAFETY: `v` holds eight f32.
+                unsafe { _mm256_loadu_ps(v.as_ptr()) }
+            };
+            let mean = per_lane(&|l| b.stats[l].0);
+            let rstd = per_lane(&|l| b.stats[l].1);
+            let one = _mm256_set1_ps(1.0);
+            let (mut sum_d, mut sum_dx) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            for ci in 0..cpg {
+                let ga = per_lane(&|l| b.gamma[l * cpg + ci]);
+                let be = per_lane(&|l| b.beta[l * cpg + ci]);
+                let (mut dgamma, mut dbeta) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+                for j in ci * hw..(ci + 1) * hw {
+                    // SAFETY (gathers and the scatter): index l * group + j
+                    // with l < 8, j < group, inside all four slices.
+                    let xv = unsafe { _mm256_i32gather_ps::<4>(px.add(j), idx) };
+                    let xhat = _mm256_mul_ps(_mm256_sub_ps(xv, mean), rstd);
+                    let gy = unsafe { _mm256_i32gather_ps::<4>(pdy.add(j), idx) };
+                    let dz = if silu {
+                        let z = _mm256_add_ps(_mm256_mul_ps(xhat, ga), be);
+                        let s = unsafe { _mm256_i32gather_ps::<4>(psig.add(j), idx) };
+                        let slope = _mm256_add_ps(one, _mm256_mul_ps(z, _mm256_sub_ps(one, s)));
+                        _mm256_mul_ps(_mm256_mul_ps(gy, s), slope)
+                    } else {
+                        gy
+                    };
+                    dgamma = _mm512_add_pd(dgamma, _mm512_cvtps_pd(_mm256_mul_ps(dz, xhat)));
+                    dbeta = _mm512_add_pd(dbeta, _mm512_cvtps_pd(dz));
+                    let dxhat = _mm256_mul_ps(dz, ga);
+                    sum_d = _mm512_add_pd(sum_d, _mm512_cvtps_pd(dxhat));
+                    sum_dx = _mm512_add_pd(sum_dx, _mm512_cvtps_pd(_mm256_mul_ps(dxhat, xhat)));
+                    unsafe { _mm256_i32scatter_ps::<4>(pd.add(j), idx, dxhat) };
+                }
+                let (dgamma, dbeta) = (to_array(dgamma), to_array(dbeta));
+                for l in 0..8 {
+                    part[l * cpg + ci] = (dgamma[l], dbeta[l]);
+                }
             }
+            (to_array(sum_d), to_array(sum_dx))
         }
     }
 }
