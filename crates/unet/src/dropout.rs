@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::kernels::{self, use_cpu_kernels};
 use crate::rng::{rng_for, stream};
 
 enum Source {
@@ -66,6 +67,9 @@ impl ForwardMode {
                 let values: Vec<f32> = (0..n)
                     .map(|_| if rng.random::<f32>() < p32 { 0.0 } else { s32 })
                     .collect();
+                if use_cpu_kernels(x) {
+                    return kernels::mask::mask_mul(x, values);
+                }
                 Tensor::from_vec(values, x.shape(), x.device())?
             }
             Source::Device => Tensor::rand(0f32, 1f32, x.shape(), x.device())?

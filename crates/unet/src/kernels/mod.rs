@@ -15,6 +15,7 @@ pub mod conv;
 pub mod expf;
 pub mod gemm;
 pub mod group_norm;
+pub mod mask;
 pub mod optim;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
