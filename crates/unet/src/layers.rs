@@ -217,7 +217,8 @@ impl Nin {
             };
             let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
             let x = x.reshape((b, c_in, n, 1))?;
-            return kernels::conv::conv2d(&x, &weight, &self.bias, geometry)?.reshape((b, c_out, n));
+            return kernels::conv::conv2d(&x, &weight, &self.bias, geometry)?
+                .reshape((b, c_out, n));
         }
         self.weight
             .broadcast_as((b, c_out, c_in))?
@@ -332,6 +333,9 @@ pub fn group_norm_params(channels: usize) -> usize {
 /// Softmax over the last dimension from differentiable primitives (the max
 /// subtracted for stability is detached: it cancels in the result).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernels(x) {
+        return kernels::softmax::softmax_last_dim(x);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;

@@ -1,0 +1,216 @@
+//! Softmax over the last dimension as one op forward and one backward.
+//!
+//! Attention's softmax was built from candle primitives (max, subtract, exp,
+//! sum, divide); its backward then ran about a dozen full passes over the
+//! (batch, queries, keys) weights, with a buffer of zeros per edge. This op
+//! performs the same floating-point operations in the same order, so its
+//! results equal the composite's bit for bit: the exponential is glibc's
+//! (as candle's, through libm, on glibc), the row sums follow candle's CPU
+//! reduction (four 8-lane accumulators, then a fixed tree), and the backward
+//! reproduces what candle's autograd computes for the composite, down to the
+//! zeros it adds gradients to.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{expf, f32_slice};
+
+/// The sum of `row` in the order of candle's CPU `sum_keepdim` over a
+/// contiguous last dimension on an x86 CPU with AVX2 (candle's `vec_sum`):
+/// four accumulators of eight lanes over blocks of 32, reduced pairwise, then
+/// the remaining elements one by one. Elsewhere candle sums sequentially (or
+/// with NEON on ARM), and the two may differ in the last bits.
+fn candle_row_sum(row: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    const STEP: usize = 4 * LANES;
+    let blocks = row.len() / STEP * STEP;
+    let mut acc = [[0f32; LANES]; 4];
+    for block in row[..blocks].chunks_exact(STEP) {
+        for (a, part) in acc.iter_mut().zip(block.chunks_exact(LANES)) {
+            for (a, &v) in a.iter_mut().zip(part) {
+                *a += v;
+            }
+        }
+    }
+    let add =
+        |x: [f32; LANES], y: [f32; LANES]| -> [f32; LANES] { std::array::from_fn(|i| x[i] + y[i]) };
+    let x = add(add(acc[0], acc[1]), add(acc[2], acc[3]));
+    // The 256-bit register's halves added, then two horizontal adds.
+    let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
+    let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
+    for &v in &row[blocks..] {
+        sum += v;
+    }
+    sum
+}
+
+/// Whether candle sums rows in the order of [`candle_row_sum`] here.
+pub fn sums_like_candle() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `e = exp(x - max x)` of one row into `e`; returns `sum e`.
+fn exponentials(xs: &[f32], e: &mut [f32]) -> f32 {
+    let max = xs.iter().copied().fold(xs[0], f32::max);
+    for (e, &x) in e.iter_mut().zip(xs) {
+        *e = x - max;
+    }
+    expf::exp_in_place(e);
+    candle_row_sum(e)
+}
+
+/// Rows of `n` elements of a contiguous f32 input.
+fn rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+    let xs = f32_slice(op, s, l)?;
+    let n = *l.shape().dims().last().unwrap_or(&0);
+    if n == 0 {
+        candle_core::bail!("{op}: empty last dimension in {:?}", l.shape())
+    }
+    Ok((xs, n))
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "e2h-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (xs, n) = rows(self.name(), s, l)?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n))
+            .for_each(|(y, xs)| {
+                let sum = exponentials(xs, y);
+                for y in y.iter_mut() {
+                    *y /= sum;
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = x.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?;
+        Ok(Some(dx))
+    }
+}
+
+/// (x, dy) -> dx for [`Softmax`], the exponentials recomputed from x.
+struct SoftmaxBackward;
+
+impl candle_core::CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "e2h-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, n) = rows(self.name(), s1, l1)?;
+        let gs = f32_slice(self.name(), s2, l2)?;
+        if gs.len() != xs.len() {
+            candle_core::bail!(
+                "{}: gradient of {} elements for {}",
+                self.name(),
+                gs.len(),
+                xs.len()
+            )
+        }
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n).zip(gs.par_chunks(n)))
+            .for_each(|(dx, (xs, gs))| {
+                // dx holds e until the last loop.
+                let sum = exponentials(xs, dx);
+                let sq = sum * sum;
+                // y = e / s: the gradient reaching s through the division,
+                // summed over the row as candle's broadcast backward does.
+                let mut to_s = vec![0f32; n];
+                for ((t, &g), &e) in to_s.iter_mut().zip(gs).zip(dx.iter()) {
+                    *t = 0.0 - g * e / sq;
+                }
+                let to_s = 0.0 + candle_row_sum(&to_s);
+                // e's gradient: through the division first, then through s;
+                // then exp's backward (times e).
+                for (d, &g) in dx.iter_mut().zip(gs) {
+                    let e = *d;
+                    let de = (0.0 + g / sum) + to_s;
+                    *d = 0.0 + de * e;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension of `x` on the CPU (f32), differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    /// The composite this op replaces (`layers::softmax_last_dim`).
+    fn composite(x: &Tensor) -> Tensor {
+        let max = x.max_keepdim(D::Minus1).unwrap().detach();
+        let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
+        let s = e.sum_keepdim(D::Minus1).unwrap();
+        e.broadcast_div(&s).unwrap()
+    }
+
+    #[test]
+    fn matches_the_candle_composite_with_its_gradient() {
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        // Rows shorter than, equal to and longer than a block of 32, with tails.
+        for (b, q, n) in [(2, 3, 7), (1, 4, 32), (2, 5, 70), (3, 2, 256)] {
+            let len = b * q * n;
+            let xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.913).sin() * 6.0).collect();
+            let gs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.377).cos()).collect();
+            let dev = Device::Cpu;
+            let x = Var::from_vec(xs, (b, q, n), &dev).unwrap();
+            let g = Tensor::from_vec(gs, (b, q, n), &dev).unwrap();
+            let want = composite(x.as_tensor());
+            let want_dx = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let want_dx = want_dx.get(x.as_tensor()).unwrap();
+            let got = softmax_last_dim(x.as_tensor()).unwrap();
+            let got_dx = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let got_dx = got_dx.get(x.as_tensor()).unwrap();
+            if sums_like_candle() && cfg!(target_env = "gnu") {
+                assert_eq!(bits(&got), bits(&want), "softmax of {b}x{q}x{n}");
+                assert_eq!(bits(got_dx), bits(want_dx), "gradient of {b}x{q}x{n}");
+            } else {
+                let close = |a: &Tensor, b: &Tensor| {
+                    let d = (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(d < 1e-6, "{d}");
+                };
+                close(&got, &want);
+                close(got_dx, want_dx);
+            }
+        }
+    }
+}
