@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod group_norm;
 pub mod mask;
 pub mod optim;
+pub mod reduce;
 pub mod softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};

@@ -13,44 +13,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::reduce::candle_sum;
 use super::{expf, f32_slice};
-
-/// The sum of `row` in the order of candle's CPU `sum_keepdim` over a
-/// contiguous last dimension on an x86 CPU with AVX2 (candle's `vec_sum`):
-/// four accumulators of eight lanes over blocks of 32, reduced pairwise, then
-/// the remaining elements one by one. Elsewhere candle sums sequentially (or
-/// with NEON on ARM), and the two may differ in the last bits.
-fn candle_row_sum(row: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    const STEP: usize = 4 * LANES;
-    let blocks = row.len() / STEP * STEP;
-    let mut acc = [[0f32; LANES]; 4];
-    for block in row[..blocks].chunks_exact(STEP) {
-        for (a, part) in acc.iter_mut().zip(block.chunks_exact(LANES)) {
-            for (a, &v) in a.iter_mut().zip(part) {
-                *a += v;
-            }
-        }
-    }
-    let add =
-        |x: [f32; LANES], y: [f32; LANES]| -> [f32; LANES] { std::array::from_fn(|i| x[i] + y[i]) };
-    let x = add(add(acc[0], acc[1]), add(acc[2], acc[3]));
-    // The 256-bit register's halves added, then two horizontal adds.
-    let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
-    let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
-    for &v in &row[blocks..] {
-        sum += v;
-    }
-    sum
-}
-
-/// Whether candle sums rows in the order of [`candle_row_sum`] here.
-pub fn sums_like_candle() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// `e = exp(x - max x)` of one row into `e`; returns `sum e`.
 fn exponentials(xs: &[f32], e: &mut [f32]) -> f32 {
@@ -59,7 +23,7 @@ fn exponentials(xs: &[f32], e: &mut [f32]) -> f32 {
         *e = x - max;
     }
     expf::exp_in_place(e);
-    candle_row_sum(e)
+    candle_sum(e.len(), |i| e[i])
 }
 
 /// Rows of `n` elements of a contiguous f32 input.
@@ -133,11 +97,7 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
                 let sq = sum * sum;
                 // y = e / s: the gradient reaching s through the division,
                 // summed over the row as candle's broadcast backward does.
-                let mut to_s = vec![0f32; n];
-                for ((t, &g), &e) in to_s.iter_mut().zip(gs).zip(dx.iter()) {
-                    *t = 0.0 - g * e / sq;
-                }
-                let to_s = 0.0 + candle_row_sum(&to_s);
+                let to_s = 0.0 + candle_sum(n, |i| 0.0 - gs[i] * dx[i] / sq);
                 // e's gradient: through the division first, then through s;
                 // then exp's backward (times e).
                 for (d, &g) in dx.iter_mut().zip(gs) {
@@ -193,7 +153,7 @@ mod tests {
             let got = softmax_last_dim(x.as_tensor()).unwrap();
             let got_dx = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let got_dx = got_dx.get(x.as_tensor()).unwrap();
-            if sums_like_candle() && cfg!(target_env = "gnu") {
+            if crate::kernels::reduce::sums_like_candle() && cfg!(target_env = "gnu") {
                 assert_eq!(bits(&got), bits(&want), "softmax of {b}x{q}x{n}");
                 assert_eq!(bits(got_dx), bits(want_dx), "gradient of {b}x{q}x{n}");
             } else {
