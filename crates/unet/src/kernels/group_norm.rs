@@ -3,7 +3,10 @@
 //!
 //! Per (image, group): mean and variance (biased, summed in f64), `xhat = (x -
 //! mean) / sqrt(var + eps)`, `z = gamma xhat + beta`, `y = z` or `silu(z)`.
-//! The backward pass recomputes the statistics rather than storing them.
+//! The backward pass reuses the forward pass's statistics (two floats per
+//! image and group) and recomputes the rest.
+
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -103,8 +106,12 @@ fn sigmoids(out: &mut [f32], z: impl Fn(usize) -> f32) {
     }
 }
 
-/// Forward op: (x, gamma, beta) -> y.
-struct GroupNormForward(GroupNormSpec);
+/// Forward op: (x, gamma, beta) -> y. Keeps the statistics it computed for
+/// its backward pass (two floats per image and group).
+struct GroupNormForward {
+    spec: GroupNormSpec,
+    stats: OnceLock<Arc<[(f32, f32)]>>,
+}
 
 impl CustomOp3 for GroupNormForward {
     fn name(&self) -> &'static str {
@@ -120,7 +127,7 @@ impl CustomOp3 for GroupNormForward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let spec = self.0;
+        let spec = self.spec;
         let (_b, c, hw) = dims(self.name(), &spec, l1.shape())?;
         let (x, gamma, beta) = (
             f32_slice(self.name(), s1, l1)?,
@@ -136,7 +143,10 @@ impl CustomOp3 for GroupNormForward {
             )
         }
         let cpg = c / spec.groups;
-        let stats = all_stats(x, spec.groups, cpg * hw, spec.eps);
+        let stats: Arc<[(f32, f32)]> = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
+        // A second forward through the same op (none happens) would compute
+        // the same statistics: keeping the first is correct either way.
+        let _ = self.stats.set(stats.clone());
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(cpg * hw)
             .zip(x.par_chunks(cpg * hw))
@@ -173,7 +183,11 @@ impl CustomOp3 for GroupNormForward {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let affine = Tensor::cat(&[gamma, beta], 0)?;
-        let flat = x.apply_op3_no_bwd(&affine, &grad.contiguous()?, &GroupNormBackward(self.0))?;
+        let backward = GroupNormBackward {
+            spec: self.spec,
+            stats: self.stats.get().cloned(),
+        };
+        let flat = x.apply_op3_no_bwd(&affine, &grad.contiguous()?, &backward)?;
         let (n, c) = (x.elem_count(), gamma.elem_count());
         let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
         Ok((
@@ -184,8 +198,12 @@ impl CustomOp3 for GroupNormForward {
     }
 }
 
-/// Backward op: (x, [gamma, beta], dy) -> [dx, dgamma, dbeta] in one buffer.
-struct GroupNormBackward(GroupNormSpec);
+/// Backward op: (x, [gamma, beta], dy) -> [dx, dgamma, dbeta] in one buffer,
+/// with the forward pass's statistics (recomputed when absent).
+struct GroupNormBackward {
+    spec: GroupNormSpec,
+    stats: Option<Arc<[(f32, f32)]>>,
+}
 
 impl CustomOp3 for GroupNormBackward {
     fn name(&self) -> &'static str {
@@ -201,7 +219,7 @@ impl CustomOp3 for GroupNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let spec = self.0;
+        let spec = self.spec;
         let (b, c, hw) = dims(self.name(), &spec, l1.shape())?;
         let (x, affine, dy) = (
             f32_slice(self.name(), s1, l1)?,
@@ -218,7 +236,10 @@ impl CustomOp3 for GroupNormBackward {
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
-        let stats = all_stats(x, spec.groups, group, spec.eps);
+        let stats = match &self.stats {
+            Some(stats) if stats.len() == b * spec.groups => stats.clone(),
+            _ => all_stats(x, spec.groups, group, spec.eps).into(),
+        };
         let dx = &mut out[..x.len()];
         dx.par_chunks_mut(c * hw)
             .zip(x.par_chunks(c * hw))
@@ -504,7 +525,10 @@ pub fn group_norm(
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
-        GroupNormForward(spec),
+        GroupNormForward {
+            spec,
+            stats: OnceLock::new(),
+        },
     )
 }
 
