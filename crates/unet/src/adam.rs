@@ -93,24 +93,13 @@ impl Adam {
     /// One update with the gradients multiplied by `grad_scale` first (as
     /// [`clip_grad_norm`] would scale them), without materialising the scaled
     /// gradients. On the CPU the update runs in place, one fused pass per tensor.
-    pub fn step_scaled(
-        &mut self,
-        grads: &GradStore,
-        lr: f64,
-        grad_scale: Option<f64>,
-    ) -> Result<()> {
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
         self.update(grads, lr, grad_scale, true)
     }
 
     /// The update, through the in-place CPU kernel when `fused` allows it and
     /// the parameter is on the CPU, through candle ops otherwise.
-    fn update(
-        &mut self,
-        grads: &GradStore,
-        lr: f64,
-        grad_scale: Option<f64>,
-        fused: bool,
-    ) -> Result<()> {
+    fn update(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>, fused: bool) -> Result<()> {
         self.t += 1;
         let c = &self.config;
         let t = self.t as i32;
@@ -189,17 +178,14 @@ impl Adam {
 
 /// The global L2 norm of the gradients of `vars` (summed in f64, in the given order).
 pub fn global_grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64> {
-    let present: Vec<&Tensor> = vars
-        .iter()
-        .filter_map(|(_, v)| grads.get(v.as_tensor()))
-        .collect();
+    let present: Vec<&Tensor> = vars.iter().filter_map(|(_, v)| grads.get(v.as_tensor())).collect();
     if present.is_empty() {
         return Ok(0.0);
     }
     if present.iter().all(|g| use_cpu_kernels(g)) {
-        // The same sums as below (bit for bit where candle sums like
-        // `candle_sum`), without a squared copy of each
-        // gradient (one allocation and pass per parameter tensor).
+        // The same sums as below (bit for bit where candle sums in the order
+        // of `candle_sum`), without a squared copy of each gradient (one
+        // allocation and pass per parameter tensor).
         let parts = present
             .iter()
             .map(|g| kernels::reduce::sum_of_squares(g).map(f64::from))
@@ -242,6 +228,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::bits;
     use candle_core::Device;
 
     #[test]
@@ -272,9 +259,7 @@ mod tests {
             ..AdamConfig::default()
         };
         let make = || {
-            let w =
-                Var::from_tensor(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap())
-                    .unwrap();
+            let w = Var::from_tensor(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()).unwrap();
             let opt = Adam::new(vec![("w".into(), w.clone())], config.clone()).unwrap();
             (w, opt)
         };
@@ -282,41 +267,17 @@ mod tests {
         for (step, scale) in [(0, None), (1, Some(0.37)), (2, Some(0.9))] {
             let lr = 1e-3 * (step + 1) as f64;
             let grads_of = |w: &Var| {
-                let target = Tensor::from_vec(
-                    init.iter().map(|v| v * 0.5 - 0.1).collect::<Vec<_>>(),
-                    (50, 100),
-                    &Device::Cpu,
-                )
-                .unwrap();
-                (w.as_tensor() - target)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
+                let target = Tensor::from_vec(init.iter().map(|v| v * 0.5 - 0.1).collect::<Vec<_>>(), (50, 100), &Device::Cpu).unwrap();
+                (w.as_tensor() - target).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap()
             };
             a.update(&grads_of(&w_a), lr, scale, true).unwrap();
             b.update(&grads_of(&w_b), lr, scale, false).unwrap();
         }
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
         assert_eq!(bits(w_a.as_tensor()), bits(w_b.as_tensor()));
         let (sa, sb) = (a.state().unwrap(), b.state().unwrap());
         for key in ["adam_m/w", "adam_v/w"] {
             assert_eq!(bits(&sa[key]), bits(&sb[key]), "{key}");
         }
-        assert_ne!(
-            bits(w_a.as_tensor()),
-            bits(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap())
-        );
+        assert_ne!(bits(w_a.as_tensor()), bits(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()));
     }
 }

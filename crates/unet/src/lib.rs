@@ -33,6 +33,8 @@ pub mod layers;
 pub mod params;
 pub mod resblock;
 pub mod rng;
+#[cfg(test)]
+mod test_support;
 pub mod time_embedding;
 pub mod train;
 pub mod unet;

@@ -57,6 +57,7 @@ pub fn mask_mul(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::bits;
     use candle_core::{Device, Var};
 
     #[test]
@@ -71,15 +72,6 @@ mod tests {
         let x = Var::from_vec(xs, (3, 5, 7), &dev).unwrap();
         let dy = Tensor::from_vec(dy, (3, 5, 7), &dev).unwrap();
         let m = Tensor::from_vec(mask.clone(), (3, 5, 7), &dev).unwrap();
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
         let want = x.as_tensor().mul(&m).unwrap();
         let want_dx = (&want * &dy)
             .unwrap()

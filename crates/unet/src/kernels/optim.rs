@@ -212,6 +212,7 @@ pub fn ema_update(ema: &Tensor, w: &Tensor, decay: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::bits;
     use candle_core::Device;
 
     #[test]
@@ -223,13 +224,6 @@ mod tests {
         let decay = 0.9999;
         let reference = ((&e * decay).unwrap() + (&w * (1.0 - decay)).unwrap()).unwrap();
         ema_update(&e, &w, decay).unwrap();
-        let bits = |t: &Tensor| {
-            t.to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
         assert_eq!(bits(&e), bits(&reference));
         assert_ne!(bits(&e), e0.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }

@@ -118,6 +118,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::bits;
     use candle_core::{D, Device, Var};
 
     /// The composite this op replaces (`layers::softmax_last_dim`).
@@ -130,15 +131,6 @@ mod tests {
 
     #[test]
     fn matches_the_candle_composite_with_its_gradient() {
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
         // Rows shorter than, equal to and longer than a block of 32, with tails.
         for (b, q, n) in [(2, 3, 7), (1, 4, 32), (2, 5, 70), (3, 2, 256)] {
             let len = b * q * n;
