@@ -33,6 +33,7 @@ pub mod layers;
 pub mod params;
 pub mod resblock;
 pub mod rng;
+pub mod workers;
 #[cfg(test)]
 mod test_support;
 pub mod time_embedding;

@@ -7,17 +7,17 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::{config::*, eval::*};
 use crate::adam::{Adam, clip_coefficient, global_grad_norm};
-use crate::kernels::optim::ema_update;
-use crate::kernels::use_cpu_kernels;
 use crate::checkpoint;
 use crate::ddpm::{DdpmSchedule, eps_mse};
 use crate::dropout::ForwardMode;
 use crate::error::TrainError;
+use crate::kernels::optim::ema_update;
+use crate::kernels::use_cpu_kernels;
 use crate::params::ParamStore;
 use crate::rng::{fill_standard_normal, fingerprint, rng_for, stream};
 use crate::unet::UNet;
-use super::{config::*, eval::*};
 
 /// What one training step did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -247,6 +247,10 @@ impl<'d> Trainer<'d> {
     /// with [`TrainError::NonFinite`] naming the step (the parameters are then left
     /// as before the step).
     pub fn step(&mut self) -> Result<StepStats, TrainError> {
+        crate::workers::with_spinning_workers(|| self.step_inner())
+    }
+
+    fn step_inner(&mut self) -> Result<StepStats, TrainError> {
         let step = self.step + 1;
         let (x0, t, eps) = self.batch(step);
         let m = &self.config.model;
@@ -287,7 +291,8 @@ impl<'d> Trainer<'d> {
                 if use_cpu_kernels(e.as_tensor()) {
                     ema_update(e.as_tensor(), w.as_tensor(), d)?;
                 } else {
-                    let new = ((e.as_tensor().detach() * d)? + (w.as_tensor().detach() * (1.0 - d))?)?;
+                    let new =
+                        ((e.as_tensor().detach() * d)? + (w.as_tensor().detach() * (1.0 - d))?)?;
                     e.set(&new)?;
                 }
             }
