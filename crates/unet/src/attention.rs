@@ -1,6 +1,6 @@
 //! Single-head self-attention over spatial positions (Ho et al. 2020).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{GroupNorm, Nin, group_norm, group_norm_params, softmax_last_dim};
@@ -35,8 +35,10 @@ impl AttentionBlock {
     /// q, k, v as (B, C, HW) each.
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, c, h, w) = x.dims4()?;
-        let flat = self.norm.forward(x)?.reshape((b, c, h * w))?;
-        let qkv = self.qkv.forward_flat(&flat)?;
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x)?)?
+            .reshape((b, 3 * c, h * w))?;
         Ok((
             qkv.narrow(1, 0, c)?.contiguous()?,
             qkv.narrow(1, c, c)?.contiguous()?,
@@ -57,12 +59,10 @@ impl AttentionBlock {
 
     /// (B, C, H, W) -> (B, C, H, W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
         let (q, k, v) = self.qkv(x)?;
         let attn = self.weights_from(&q, &k)?;
         // out[b, c, i] = sum_j v[b, c, j] attn[b, i, j]
         let out = v.matmul(&attn.transpose(1, 2)?)?;
-        let out = self.proj_out.forward_flat(&out)?.reshape((b, c, h, w))?;
-        x + out
+        self.proj_out.forward_flat_plus_residual(&out, x)
     }
 }

@@ -88,6 +88,33 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// The geometry of the fused CPU kernel, when it applies to `x`.
+    fn cpu_geometry(&self, x: &Tensor) -> Option<ConvGeometry> {
+        (self.imp == ConvImpl::Im2col && use_cpu_kernels(x)).then(|| ConvGeometry {
+            kernel: self.weight.dim(2).unwrap_or(0),
+            stride: self.stride,
+            padding: self.padding,
+        })
+    }
+
+    /// `conv(x) + addend`, the addend (B, C_out) broadcast over each output
+    /// plane (a ResBlock's time embedding); fused into the convolution on the CPU.
+    pub fn forward_plus_per_image(&self, x: &Tensor, addend: &Tensor) -> Result<Tensor> {
+        if let Some(g) = self.cpu_geometry(x) {
+            return kernels::conv::conv2d_plus_per_image(x, &self.weight, &self.bias, addend, g);
+        }
+        self.forward(x)?
+            .broadcast_add(&addend.unsqueeze(2)?.unsqueeze(3)?)
+    }
+
+    /// `skip + conv(x)` (a residual connection); fused into the convolution on the CPU.
+    pub fn forward_plus_residual(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        if let Some(g) = self.cpu_geometry(x) {
+            return kernels::conv::conv2d_plus_residual(x, &self.weight, &self.bias, skip, g);
+        }
+        skip + self.forward(x)?
+    }
+
     /// The same convolution through candle's `conv2d` (reference for tests).
     pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
         let c_out = self.bias.dim(0)?;
@@ -105,15 +132,10 @@ impl Module for Conv2d {
         if self.imp == ConvImpl::Candle {
             return self.forward_candle(x);
         }
-        let (c_out, c_in, k, _) = self.weight.dims4()?;
-        if use_cpu_kernels(x) {
-            let geometry = ConvGeometry {
-                kernel: k,
-                stride: self.stride,
-                padding: self.padding,
-            };
-            return kernels::conv::conv2d(x, &self.weight, &self.bias, geometry);
+        if let Some(g) = self.cpu_geometry(x) {
+            return kernels::conv::conv2d(x, &self.weight, &self.bias, g);
         }
+        let (c_out, c_in, k, _) = self.weight.dims4()?;
         let b = x.dim(0)?;
         let (cols, ho, wo) = im2col(x, k, self.stride, self.padding)?;
         let kk = c_in * k * k;
@@ -182,6 +204,13 @@ pub fn im2col(
     Ok((cols, ho, wo))
 }
 
+/// The geometry of a [`Nin`] as a convolution.
+const ONE_BY_ONE: ConvGeometry = ConvGeometry {
+    kernel: 1,
+    stride: 1,
+    padding: 0,
+};
+
 /// A 1x1 convolution ("network in network") computed as a batched matrix
 /// product, which is cheaper than candle's convolution backward. Parameters
 /// `weight` (out, in), `bias` (out).
@@ -210,14 +239,9 @@ impl Nin {
         let (b, _c, n) = x.dims3()?;
         let (c_out, c_in) = self.weight.dims2()?;
         if use_cpu_kernels(x) {
-            let geometry = ConvGeometry {
-                kernel: 1,
-                stride: 1,
-                padding: 0,
-            };
             let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
             let x = x.reshape((b, c_in, n, 1))?;
-            return kernels::conv::conv2d(&x, &weight, &self.bias, geometry)?
+            return kernels::conv::conv2d(&x, &weight, &self.bias, ONE_BY_ONE)?
                 .reshape((b, c_out, n));
         }
         self.weight
@@ -225,11 +249,37 @@ impl Nin {
             .matmul(&x.contiguous()?)?
             .broadcast_add(&self.bias.reshape((1, c_out, 1))?)
     }
+
+    /// `skip + forward_flat(x)` in the shape of `skip`, (B, C_out, N) or any
+    /// other with the same values in the same order; fused into the product
+    /// on the CPU.
+    pub fn forward_flat_plus_residual(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+        if !use_cpu_kernels(x) {
+            return skip + self.forward_flat(x)?.reshape(skip.shape())?;
+        }
+        let (b, c_in, n) = x.dims3()?;
+        let c_out = self.weight.dim(0)?;
+        kernels::conv::conv2d_plus_residual(
+            &x.reshape((b, c_in, n, 1))?,
+            &self.weight.reshape((c_out, c_in, 1, 1))?,
+            &self.bias,
+            skip,
+            ONE_BY_ONE,
+        )
+    }
 }
 
 impl Module for Nin {
     /// (B, C, H, W) -> (B, C_out, H, W).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if use_cpu_kernels(x) {
+            // As a 1x1 convolution of the image itself: the same products as
+            // `forward_flat`, without reshapes whose gradients candle would
+            // copy into fresh buffers.
+            let (c_out, c_in) = self.weight.dims2()?;
+            let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
+            return kernels::conv::conv2d(x, &weight, &self.bias, ONE_BY_ONE);
+        }
         let (b, c, h, w) = x.dims4()?;
         let c_out = self.bias.dim(0)?;
         self.forward_flat(&x.reshape((b, c, h * w))?)?

@@ -76,20 +76,16 @@ impl ResBlock {
 
     /// `x`: (B, C_in, H, W); `temb_act`: SiLU of the time embedding, (B, temb_dim).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, mode: &ForwardMode) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let t = self
-            .temb_proj
-            .forward(temb_act)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
+        let t = self.temb_proj.forward(temb_act)?;
+        let h = self
+            .conv1
+            .forward_plus_per_image(&self.norm1.forward_silu(x)?, &t)?;
         let h = self.norm2.forward_silu(&h)?;
         let h = mode.dropout(&h, self.dropout)?;
-        let h = self.conv2.forward(&h)?;
         let skip = match &self.nin_shortcut {
             Some(nin) => nin.forward(x)?,
             None => x.clone(),
         };
-        skip + h
+        self.conv2.forward_plus_residual(&h, &skip)
     }
 }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 use super::gemm::{Mat, matmul};
+use super::reduce::candle_sum;
 
 /// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
 /// in the L2 cache between the unfolding and the GEMM): larger
@@ -310,10 +311,86 @@ fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
         });
 }
 
-/// Forward op: (x, weight, bias) -> y, unfolding at most `max_cols` f32 at once.
+/// What a convolution adds to `W cols + bias`, fused into the pass that
+/// writes its output: each replaces a candle op on the whole activation (and
+/// that op's gradient bookkeeping in the backward pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addend {
+    /// Nothing: inputs (x, weight (O, C, k, k), bias (O)).
+    None,
+    /// One value per image and output channel (a ResBlock's time embedding):
+    /// inputs (x, weight, rows (1 + B, O)), row 0 the bias, row 1 + i the
+    /// addend of image i; `y = (W cols + bias) + addend`, as candle's
+    /// `broadcast_add` of the addend to the convolution's output.
+    PerImage,
+    /// A tensor of the output's shape (a residual connection): inputs (skip
+    /// (B, O, Ho, Wo), x, weight and bias (O, C k k + 1), each row the
+    /// weight's then the bias); `y = (W cols + bias) + skip`, as candle's
+    /// `skip + y`.
+    Residual,
+}
+
+impl Addend {
+    /// The op's inputs as (x, parameters, addend): a residual sum takes the
+    /// skip first, as candle's `skip + y` did, so that candle's backward pass
+    /// visits the graph and sums gradients in the same order as before the
+    /// fusion (a tensor read three times sums its gradients in that order).
+    fn inputs<T>(self, [a1, a2, a3]: [T; 3]) -> [T; 3] {
+        match self {
+            Addend::None | Addend::PerImage => [a1, a2, a3],
+            Addend::Residual => [a2, a3, a1],
+        }
+    }
+}
+
+/// The weight as an (O x C k k) matrix, whatever the packing of [`Addend`].
+fn weight_matrix<'a>(
+    op: &str,
+    addend: Addend,
+    params: &'a [f32],
+    d: &Dims,
+    ckk: usize,
+) -> Result<Mat<'a>> {
+    let packed = addend == Addend::Residual;
+    let row = ckk + usize::from(packed);
+    if params.len() != d.o * row {
+        candle_core::bail!("{op}: {} parameters for {} x {row}", params.len(), d.o)
+    }
+    let mut weight = Mat::row_major(params, d.o, row);
+    weight.cols = ckk;
+    Ok(weight)
+}
+
+/// The bias (O) and the addend of a forward call, checked against the shapes.
+fn bias_and_addend<'a>(
+    op: &str,
+    addend: Addend,
+    params: &[f32],
+    aux: &'a [f32],
+    d: &Dims,
+    ckk: usize,
+) -> Result<(Vec<f32>, &'a [f32])> {
+    let want = match addend {
+        Addend::None => d.o,
+        Addend::PerImage => (1 + d.b) * d.o,
+        Addend::Residual => d.b * d.o * d.ho * d.wo,
+    };
+    if aux.len() != want {
+        candle_core::bail!("{op}: {} values for {addend:?}, expected {want}", aux.len())
+    }
+    Ok(match addend {
+        Addend::None => (aux.to_vec(), &[]),
+        Addend::PerImage => (aux[..d.o].to_vec(), &aux[d.o..]),
+        Addend::Residual => (params.chunks(ckk + 1).map(|row| row[ckk]).collect(), aux),
+    })
+}
+
+/// Forward op: (x, weight, bias or addend) -> y, unfolding at most `max_cols`
+/// f32 at once.
 struct Conv2dForward {
     geometry: ConvGeometry,
     max_cols: usize,
+    addend: Addend,
 }
 
 impl CustomOp3 for Conv2dForward {
@@ -330,22 +407,18 @@ impl CustomOp3 for Conv2dForward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = self.addend.inputs([(s1, l1), (s2, l2), (s3, l3)]);
         let g = self.geometry;
-        let d = Dims::new(self.name(), g, l1.shape(), l2.shape())?;
-        let (x, weight, bias) = (
+        let shape = weight_shape(self.name(), self.addend, g.kernel, l1, l2)?;
+        let d = Dims::new(self.name(), g, l1.shape(), &shape)?;
+        let (x, params, aux) = (
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
             f32_slice(self.name(), s3, l3)?,
         );
-        if bias.len() != d.o {
-            candle_core::bail!(
-                "{}: bias of {} for {} output channels",
-                self.name(),
-                bias.len(),
-                d.o
-            )
-        }
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
+        let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
+        let (bias, addend) = bias_and_addend(self.name(), self.addend, params, aux, &d, ckk)?;
         let mut out = vec![0f32; d.b * d.o * hwo];
         let mut cols = take_scratch(ckk * chunk * hwo);
         let mut ymat = take_scratch(d.o * chunk * hwo);
@@ -355,51 +428,114 @@ impl CustomOp3 for Conv2dForward {
             let cols = &mut cols[..ckk * width];
             im2col(x, &d, g, n0, nb, cols);
             let ymat = &mut ymat[..d.o * width];
-            matmul(
-                ymat,
-                false,
-                Mat::row_major(weight, d.o, ckk),
-                Mat::row_major(cols, ckk, width),
-            );
+            matmul(ymat, false, weight, Mat::row_major(cols, ckk, width));
             let ymat = &*ymat;
             out[n0 * d.o * hwo..(n0 + nb) * d.o * hwo]
                 .par_chunks_mut(hwo)
                 .enumerate()
                 .for_each(|(idx, dst)| {
                     let (i, o) = (idx / d.o, idx % d.o);
+                    let image_channel = (n0 + i) * d.o + o;
                     let b = bias[o];
-                    for (y, v) in dst.iter_mut().zip(&ymat[o * width + i * hwo..][..hwo]) {
-                        *y = v + b;
+                    let src = &ymat[o * width + i * hwo..][..hwo];
+                    match self.addend {
+                        Addend::None => {
+                            for (y, v) in dst.iter_mut().zip(src) {
+                                *y = v + b;
+                            }
+                        }
+                        Addend::PerImage => {
+                            let t = addend[image_channel];
+                            for (y, v) in dst.iter_mut().zip(src) {
+                                *y = (v + b) + t;
+                            }
+                        }
+                        Addend::Residual => {
+                            let skip = &addend[image_channel * hwo..][..hwo];
+                            for ((y, v), s) in dst.iter_mut().zip(src).zip(skip) {
+                                *y = (v + b) + s;
+                            }
+                        }
                     }
                 });
         }
         give_back(cols);
         give_back(ymat);
-        Ok((CpuStorage::F32(out), Shape::from((d.b, d.o, d.ho, d.wo))))
+        // A residual sum takes the skip's shape (spared a reshape, whose
+        // gradient candle would accumulate into a fresh buffer).
+        let shape = match self.addend {
+            Addend::Residual => l3.shape().clone(),
+            Addend::None | Addend::PerImage => Shape::from((d.b, d.o, d.ho, d.wo)),
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
         &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
+        a1: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [x, params, aux] = self.addend.inputs([a1, a2, a3]);
+        let grad = grad.contiguous()?;
         let flat = x.apply_op3_no_bwd(
-            weight,
-            &grad.contiguous()?,
+            params,
+            &grad,
             &Conv2dBackward {
                 geometry: self.geometry,
                 max_cols: self.max_cols,
+                addend: self.addend,
             },
         )?;
-        let (nx, nw) = (x.elem_count(), weight.elem_count());
-        let o = weight.dim(0)?;
+        let (nx, o) = (x.elem_count(), params.dim(0)?);
+        let nw = match self.addend {
+            Addend::Residual => params.elem_count() - o,
+            Addend::None | Addend::PerImage => params.elem_count(),
+        };
         let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = flat.narrow(0, nx, nw)?.reshape(weight.shape())?;
+        let dw = flat.narrow(0, nx, nw)?;
         let db = flat.narrow(0, nx + nw, o)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok(match self.addend {
+            Addend::None => (Some(dx), Some(dw.reshape(params.shape())?), Some(db)),
+            Addend::PerImage => {
+                let rows = flat.narrow(0, nx + nw, aux.elem_count())?;
+                (
+                    Some(dx),
+                    Some(dw.reshape(params.shape())?),
+                    Some(rows.reshape(aux.shape())?),
+                )
+            }
+            Addend::Residual => {
+                let dparams = Tensor::cat(&[dw.reshape((o, nw / o))?, db.reshape((o, 1))?], 1)?;
+                (Some(grad), Some(dx), Some(dparams))
+            }
+        })
+    }
+}
+
+/// The (O, C, k, k) shape of the weight, unpacked for [`Addend::Residual`].
+fn weight_shape(
+    op: &str,
+    addend: Addend,
+    kernel: usize,
+    x: &Layout,
+    params: &Layout,
+) -> Result<Shape> {
+    match addend {
+        Addend::None | Addend::PerImage => Ok(params.shape().clone()),
+        Addend::Residual => {
+            let (o, cols) = params.shape().dims2()?;
+            let c = x.shape().dims4()?.1;
+            if cols != c * kernel * kernel + 1 {
+                candle_core::bail!(
+                    "{op}: packed weight and bias {:?} do not fit {c} input channels",
+                    params.shape()
+                )
+            }
+            Ok(Shape::from((o, c, kernel, kernel)))
+        }
     }
 }
 
@@ -407,6 +543,7 @@ impl CustomOp3 for Conv2dForward {
 struct Conv2dBackward {
     geometry: ConvGeometry,
     max_cols: usize,
+    addend: Addend,
 }
 
 impl CustomOp3 for Conv2dBackward {
@@ -424,13 +561,15 @@ impl CustomOp3 for Conv2dBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry;
-        let d = Dims::new(self.name(), g, l1.shape(), l2.shape())?;
-        let (x, weight, dy) = (
+        let shape = weight_shape(self.name(), self.addend, g.kernel, l1, l2)?;
+        let d = Dims::new(self.name(), g, l1.shape(), &shape)?;
+        let (x, params, dy) = (
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
             f32_slice(self.name(), s3, l3)?,
         );
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
+        let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
         if dy.len() != d.b * d.o * hwo {
             candle_core::bail!(
                 "{}: output gradient of {} elements, expected {}",
@@ -439,11 +578,19 @@ impl CustomOp3 for Conv2dBackward {
                 d.b * d.o * hwo
             )
         }
+        // [dx, dW, db] and, for a per-image addend, its gradient (B x O).
+        let per_image = self.addend == Addend::PerImage;
         let (nx, nw) = (x.len(), d.o * ckk);
-        let mut out = vec![0f32; nx + nw + d.o];
+        let n_image = if per_image { d.b * d.o } else { 0 };
+        let mut out = vec![0f32; nx + nw + d.o + n_image];
         let (dx_all, rest) = out.split_at_mut(nx);
-        let (dw, db) = rest.split_at_mut(nw);
+        let (dw, rest) = rest.split_at_mut(nw);
+        let (db, d_image) = rest.split_at_mut(d.o);
         let mut db_acc = vec![0f64; d.o];
+        // The addend's gradient channel-major (O x B), as the channels run in
+        // parallel (one unused value per channel without an addend).
+        let image_stride = if per_image { d.b } else { 1 };
+        let mut d_image_t = vec![0f32; d.o * image_stride];
         let mut cols = take_scratch(ckk * chunk * hwo);
         let mut dymat = take_scratch(d.o * chunk * hwo);
         let mut dymat_t = take_scratch(d.o * chunk * hwo);
@@ -457,12 +604,17 @@ impl CustomOp3 for Conv2dBackward {
             dymat
                 .par_chunks_mut(width)
                 .zip(db_acc.par_iter_mut())
+                .zip(d_image_t.par_chunks_mut(image_stride))
                 .enumerate()
-                .for_each(|(o, (row, acc))| {
+                .for_each(|(o, ((row, acc), image_sums))| {
                     for i in 0..nb {
                         let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
                         row[i * hwo..(i + 1) * hwo].copy_from_slice(src);
                         *acc += src.iter().map(|&v| f64::from(v)).sum::<f64>();
+                        if per_image {
+                            // In the order of the `sum_keepdim` it replaces.
+                            image_sums[n0 + i] = candle_sum(hwo, |p| src[p]);
+                        }
                     }
                 });
             let dymat = &*dymat;
@@ -481,12 +633,7 @@ impl CustomOp3 for Conv2dBackward {
                 Mat::row_major(cols, ckk, width),
                 Mat::row_major(dymat_t, width, d.o),
             );
-            matmul(
-                cols,
-                false,
-                Mat::row_major(weight, d.o, ckk).t(),
-                Mat::row_major(dymat, d.o, width),
-            );
+            matmul(cols, false, weight.t(), Mat::row_major(dymat, d.o, width));
             col2im(cols, &d, g, nb, &mut dx_all[n0 * plane..(n0 + nb) * plane]);
         }
         transpose_into(&dw_t[..nw], ckk, d.o, dw);
@@ -496,6 +643,9 @@ impl CustomOp3 for Conv2dBackward {
         give_back(dw_t);
         for (dst, acc) in db.iter_mut().zip(&db_acc) {
             *dst = *acc as f32;
+        }
+        if per_image {
+            transpose_into(&d_image_t, d.o, d.b, d_image);
         }
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
@@ -520,9 +670,51 @@ fn conv2d_chunked(
     geometry: ConvGeometry,
     max_cols: usize,
 ) -> Result<Tensor> {
-    let op = Conv2dForward { geometry, max_cols };
+    let op = Conv2dForward {
+        geometry,
+        max_cols,
+        addend: Addend::None,
+    };
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `conv2d(x, weight) + bias + addend[b, o]`, the addend (B, O) broadcast over
+/// each output plane (CPU, f32); differentiable in all four.
+pub fn conv2d_plus_per_image(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    addend: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<Tensor> {
+    let rows = Tensor::cat(&[&bias.unsqueeze(0)?, addend], 0)?;
+    let op = Conv2dForward {
+        geometry,
+        max_cols: MAX_COLS,
+        addend: Addend::PerImage,
+    };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &rows, op)
+}
+
+/// `skip + (conv2d(x, weight) + bias)` (CPU, f32), in the shape of `skip`,
+/// which holds as many values as the convolution's output, in its order;
+/// differentiable in all four.
+pub fn conv2d_plus_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    skip: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<Tensor> {
+    let o = weight.dim(0)?;
+    let packed = Tensor::cat(&[&weight.reshape((o, ()))?, &bias.reshape((o, 1))?], 1)?;
+    let op = Conv2dForward {
+        geometry,
+        max_cols: MAX_COLS,
+        addend: Addend::Residual,
+    };
+    skip.contiguous()?.apply_op3(&x.contiguous()?, &packed, op)
 }
 
 #[cfg(test)]
@@ -758,6 +950,81 @@ mod tests {
                 g_whole.get(v.as_tensor()).unwrap(),
             );
             assert!(max_rel(a, b) < 1e-5);
+        }
+    }
+
+    /// The fused addends give what the candle composites they replace give,
+    /// bit for bit: values and the gradients of all four inputs (the
+    /// composites' gradients pass through the same accumulations).
+    #[test]
+    fn fused_addends_match_the_composites_exactly() {
+        use crate::test_support::bits;
+        for (b, c, hw, o, k) in [(3, 4, 6, 5, 3), (2, 3, 5, 4, 1), (2, 2, 32, 3, 3)] {
+            let g = ConvGeometry {
+                kernel: k,
+                stride: 1,
+                padding: k / 2,
+            };
+            let x = Var::from_tensor(&det(&[b, c, hw, hw], 0.1)).unwrap();
+            let wt = Var::from_tensor(&det(&[o, c, k, k], 0.2)).unwrap();
+            let bias = Var::from_tensor(&det(&[o], 0.3)).unwrap();
+            let t = Var::from_tensor(&det(&[b, o], 0.4)).unwrap();
+            let skip = Var::from_tensor(&det(&[b, o, hw, hw], 0.5)).unwrap();
+            let weights = det(&[b, o, hw, hw], 0.6);
+            let conv = || conv2d(x.as_tensor(), wt.as_tensor(), bias.as_tensor(), g).unwrap();
+            let t4 = t.as_tensor().unsqueeze(2).unwrap().unsqueeze(3).unwrap();
+            let cases = [
+                (
+                    "per image",
+                    conv().broadcast_add(&t4).unwrap(),
+                    conv2d_plus_per_image(
+                        x.as_tensor(),
+                        wt.as_tensor(),
+                        bias.as_tensor(),
+                        t.as_tensor(),
+                        g,
+                    )
+                    .unwrap(),
+                    &t,
+                ),
+                (
+                    "residual",
+                    (skip.as_tensor() + conv()).unwrap(),
+                    conv2d_plus_residual(
+                        x.as_tensor(),
+                        wt.as_tensor(),
+                        bias.as_tensor(),
+                        skip.as_tensor(),
+                        g,
+                    )
+                    .unwrap(),
+                    &skip,
+                ),
+            ];
+            for (what, composite, fused, addend) in cases {
+                assert_eq!(
+                    bits(&fused),
+                    bits(&composite),
+                    "{what} {b}x{c}x{hw} k{k}: values"
+                );
+                let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+                let (gc, gf) = (
+                    loss(&composite).backward().unwrap(),
+                    loss(&fused).backward().unwrap(),
+                );
+                for (name, v) in [
+                    ("x", &x),
+                    ("weight", &wt),
+                    ("bias", &bias),
+                    ("addend", addend),
+                ] {
+                    assert_eq!(
+                        bits(gf.get(v.as_tensor()).unwrap()),
+                        bits(gc.get(v.as_tensor()).unwrap()),
+                        "{what} {b}x{c}x{hw} k{k}: d{name}"
+                    );
+                }
+            }
         }
     }
 }
