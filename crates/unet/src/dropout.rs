@@ -50,33 +50,46 @@ impl ForwardMode {
 
     /// Inverted dropout with drop probability `p` (identity in evaluation mode or for p = 0).
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        let Some(source) = &self.dropout else {
+        if self.dropout.is_none() {
             return Ok(x.clone());
-        };
+        }
         if p <= 0.0 {
             return Ok(x.clone());
         }
         if p >= 1.0 {
             return x.zeros_like();
         }
-        let scale = 1.0 / (1.0 - p);
-        let mask = match &mut *source.borrow_mut() {
-            Source::Host(rng) => {
-                let n = x.elem_count();
-                let (p32, s32) = (p as f32, scale as f32);
-                let values: Vec<f32> = (0..n)
-                    .map(|_| if rng.random::<f32>() < p32 { 0.0 } else { s32 })
-                    .collect();
-                if use_cpu_kernels(x) {
-                    return kernels::mask::mask_mul(x, values);
-                }
-                Tensor::from_vec(values, x.shape(), x.device())?
+        if let Some(values) = self.host_mask(x.elem_count(), p) {
+            if use_cpu_kernels(x) {
+                return kernels::mask::mask_mul(x, values);
             }
-            Source::Device => Tensor::rand(0f32, 1f32, x.shape(), x.device())?
-                .ge(p)?
-                .to_dtype(DType::F32)?
-                .affine(scale, 0.0)?,
-        };
+            return x.mul(&Tensor::from_vec(values, x.shape(), x.device())?);
+        }
+        let scale = 1.0 / (1.0 - p);
+        let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+            .ge(p)?
+            .to_dtype(DType::F32)?
+            .affine(scale, 0.0)?;
         x.mul(&mask)
+    }
+
+    /// The next inverted-dropout mask over `n` values (0 or `1 / (1 - p)`,
+    /// drawn from the host generator), when training on the CPU with `0 < p
+    /// < 1`; `None` otherwise, without drawing. For ops that apply the mask
+    /// themselves: [`ForwardMode::dropout`] would have drawn the same one.
+    pub fn host_mask(&self, n: usize, p: f64) -> Option<Vec<f32>> {
+        let source = self.dropout.as_ref()?;
+        if p <= 0.0 || p >= 1.0 {
+            return None;
+        }
+        let Source::Host(rng) = &mut *source.borrow_mut() else {
+            return None;
+        };
+        let (p32, s32) = (p as f32, (1.0 / (1.0 - p)) as f32);
+        Some(
+            (0..n)
+                .map(|_| if rng.random::<f32>() < p32 { 0.0 } else { s32 })
+                .collect(),
+        )
     }
 }

@@ -6,6 +6,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::dropout::ForwardMode;
 use crate::kernels::{self, conv::ConvGeometry, group_norm::GroupNormSpec, use_cpu_kernels};
 
 fn fan_avg_uniform(fan_in: usize, fan_out: usize) -> Init {
@@ -367,6 +368,22 @@ impl GroupNorm {
     /// SiLU(GroupNorm(x)), fused on the CPU.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, true)
+    }
+
+    /// Dropout (with `mode`'s masks) of SiLU(GroupNorm(x)); on the CPU the
+    /// mask is applied in the same pass.
+    pub fn forward_silu_dropout(&self, x: &Tensor, mode: &ForwardMode, p: f64) -> Result<Tensor> {
+        if use_cpu_kernels(x)
+            && let Some(mask) = mode.host_mask(x.elem_count(), p)
+        {
+            let spec = GroupNormSpec {
+                groups: self.groups,
+                eps: GROUP_NORM_EPS,
+                silu: true,
+            };
+            return kernels::group_norm::group_norm_masked(x, &self.weight, &self.bias, spec, mask);
+        }
+        mode.dropout(&self.forward_silu(x)?, p)
     }
 }
 

@@ -80,8 +80,7 @@ impl ResBlock {
         let h = self
             .conv1
             .forward_plus_per_image(&self.norm1.forward_silu(x)?, &t)?;
-        let h = self.norm2.forward_silu(&h)?;
-        let h = mode.dropout(&h, self.dropout)?;
+        let h = self.norm2.forward_silu_dropout(&h, mode, self.dropout)?;
         let skip = match &self.nin_shortcut {
             Some(nin) => nin.forward(x)?,
             None => x.clone(),

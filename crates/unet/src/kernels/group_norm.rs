@@ -106,11 +106,13 @@ fn sigmoids(out: &mut [f32], z: impl Fn(usize) -> f32) {
     }
 }
 
-/// Forward op: (x, gamma, beta) -> y. Keeps the statistics it computed for
-/// its backward pass (two floats per image and group).
+/// Forward op: (x, gamma, beta) -> y, times a dropout mask if there is one.
+/// Keeps the statistics it computed for its backward pass (two floats per
+/// image and group).
 struct GroupNormForward {
     spec: GroupNormSpec,
     stats: OnceLock<Arc<[(f32, f32)]>>,
+    mask: Option<Arc<[f32]>>,
 }
 
 impl CustomOp3 for GroupNormForward {
@@ -142,6 +144,12 @@ impl CustomOp3 for GroupNormForward {
                 beta.len()
             )
         }
+        if self.mask.as_ref().is_some_and(|m| m.len() != x.len()) {
+            candle_core::bail!(
+                "{}: a dropout mask of another size than the input",
+                self.name()
+            )
+        }
         let cpg = c / spec.groups;
         let stats: Arc<[(f32, f32)]> = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
         // A second forward through the same op (none happens) would compute
@@ -169,6 +177,12 @@ impl CustomOp3 for GroupNormForward {
                             *y = z(v);
                         }
                     }
+                    if let Some(mask) = &self.mask {
+                        let start = idx * cpg * hw + ci * hw;
+                        for (y, m) in ys.iter_mut().zip(&mask[start..start + hw]) {
+                            *y *= m;
+                        }
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -187,7 +201,11 @@ impl CustomOp3 for GroupNormForward {
             spec: self.spec,
             stats: self.stats.get().cloned(),
         };
-        let flat = x.apply_op3_no_bwd(&affine, &grad.contiguous()?, &backward)?;
+        let grad = match &self.mask {
+            Some(mask) => masked(grad, mask)?,
+            None => grad.contiguous()?,
+        };
+        let flat = x.apply_op3_no_bwd(&affine, &grad, &backward)?;
         let (n, c) = (x.elem_count(), gamma.elem_count());
         let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
         Ok((
@@ -514,6 +532,27 @@ mod simd {
     }
 }
 
+/// The gradient that reaches the group norm through a dropout mask: `0 + dy
+/// m`, the sum candle's backward pass forms when it adds the mask product's
+/// gradient to a fresh buffer of zeros (it turns -0 into +0).
+fn masked(grad: &Tensor, mask: &[f32]) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    let (storage, layout) = grad.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("e2h-group-norm: expects a CPU gradient")
+    };
+    let dy = f32_slice("e2h-group-norm", s, layout)?;
+    if dy.len() != mask.len() {
+        candle_core::bail!("e2h-group-norm: a gradient of another size than the mask")
+    }
+    let out: Vec<f32> = dy
+        .par_iter()
+        .zip(mask)
+        .map(|(&g, &m)| 0.0 + g * m)
+        .collect();
+    Tensor::from_vec(out, grad.shape(), grad.device())
+}
+
 /// GroupNorm of `x` (B, C, ...) with per-channel `gamma`, `beta`, then SiLU if
 /// `spec.silu`, on the CPU (f32); differentiable in all three.
 pub fn group_norm(
@@ -522,12 +561,36 @@ pub fn group_norm(
     beta: &Tensor,
     spec: GroupNormSpec,
 ) -> Result<Tensor> {
+    apply(x, gamma, beta, spec, None)
+}
+
+/// [`group_norm`] times a dropout `mask` (one value per element of `x`, in
+/// its order): the same values and gradients as `mask_mul` of its output, bit
+/// for bit, without the extra pass and gradient buffer.
+pub fn group_norm_masked(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    spec: GroupNormSpec,
+    mask: Vec<f32>,
+) -> Result<Tensor> {
+    apply(x, gamma, beta, spec, Some(mask.into()))
+}
+
+fn apply(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    spec: GroupNormSpec,
+    mask: Option<Arc<[f32]>>,
+) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
         GroupNormForward {
             spec,
             stats: OnceLock::new(),
+            mask,
         },
     )
 }
@@ -722,6 +785,46 @@ mod tests {
                     max_rel(a, r) < 1e-4,
                     "d{name} silu={silu}: {}",
                     max_rel(a, r)
+                );
+            }
+        }
+    }
+
+    /// The mask applied inside the op gives what `mask_mul` of its output
+    /// gives, bit for bit: values and the gradients of x, gamma and beta.
+    #[test]
+    fn masked_matches_group_norm_then_mask_mul_exactly() {
+        use crate::test_support::bits;
+        for (b, c, hw, groups, silu) in [(2, 16, 12, 8, true), (3, 12, 7, 4, false)] {
+            let spec = GroupNormSpec {
+                groups,
+                eps: 1e-6,
+                silu,
+            };
+            let x = Var::from_tensor(&det(&[b, c, hw], 0.1, 2.0)).unwrap();
+            let gamma = Var::from_tensor(&det(&[c], 0.2, 0.5)).unwrap();
+            let beta = Var::from_tensor(&det(&[c], 0.3, 0.5)).unwrap();
+            let n = b * c * hw;
+            let mask: Vec<f32> = (0..n)
+                .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 / 0.9 })
+                .collect();
+            let weights = det(&[b, c, hw], 0.4, 1.0);
+            let (xt, gt, bt) = (x.as_tensor(), gamma.as_tensor(), beta.as_tensor());
+            let composite =
+                super::super::mask::mask_mul(&group_norm(xt, gt, bt, spec).unwrap(), mask.clone())
+                    .unwrap();
+            let fused = group_norm_masked(xt, gt, bt, spec, mask).unwrap();
+            assert_eq!(bits(&fused), bits(&composite), "values, silu {silu}");
+            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+            let (gc, gf) = (
+                loss(&composite).backward().unwrap(),
+                loss(&fused).backward().unwrap(),
+            );
+            for (name, v) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+                assert_eq!(
+                    bits(gf.get(v.as_tensor()).unwrap()),
+                    bits(gc.get(v.as_tensor()).unwrap()),
+                    "d{name}, silu {silu}"
                 );
             }
         }
