@@ -7,8 +7,11 @@ use crate::layers::{Conv2d, ConvImpl};
 
 /// Nearest-neighbour 2x upsampling written as reshape -> broadcast -> reshape, so
 /// its backward pass is a plain sum over the broadcast axes (candle's own
-/// `upsample_nearest2d` backward is slow).
+/// `upsample_nearest2d` backward is slow); one op each way on the CPU.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if crate::kernels::use_cpu_kernels(x) {
+        return crate::kernels::upsample::upsample_nearest2x(x);
+    }
     let (b, c, h, w) = x.dims4()?;
     x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?

@@ -19,6 +19,7 @@ pub mod mask;
 pub mod optim;
 pub mod reduce;
 pub mod softmax;
+pub mod upsample;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
