@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, output_buffer};
 use super::gemm::{Mat, matmul};
 use super::reduce::candle_sum;
 
@@ -419,7 +419,9 @@ impl CustomOp3 for Conv2dForward {
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
         let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
         let (bias, addend) = bias_and_addend(self.name(), self.addend, params, aux, &d, ckk)?;
-        let mut out = vec![0f32; d.b * d.o * hwo];
+        // SAFETY: the chunks below write every (image, channel) plane.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(d.b * d.o * hwo) };
         let mut cols = take_scratch(ckk * chunk * hwo);
         let mut ymat = take_scratch(d.o * chunk * hwo);
         for n0 in (0..d.b).step_by(chunk) {
@@ -582,7 +584,10 @@ impl CustomOp3 for Conv2dBackward {
         let per_image = self.addend == Addend::PerImage;
         let (nx, nw) = (x.len(), d.o * ckk);
         let n_image = if per_image { d.b * d.o } else { 0 };
-        let mut out = vec![0f32; nx + nw + d.o + n_image];
+        // SAFETY: col2im writes every plane of dx (zeroes it, then adds),
+        // the transposes all of dW and the addend's gradient, the last loop db.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(nx + nw + d.o + n_image) };
         let (dx_all, rest) = out.split_at_mut(nx);
         let (dw, rest) = rest.split_at_mut(nw);
         let (db, d_image) = rest.split_at_mut(d.o);

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{expf, f32_slice};
+use super::{expf, f32_slice, output_buffer};
 
 /// Groups, epsilon and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -155,7 +155,9 @@ impl CustomOp3 for GroupNormForward {
         // A second forward through the same op (none happens) would compute
         // the same statistics: keeping the first is correct either way.
         let _ = self.stats.set(stats.clone());
-        let mut out = vec![0f32; x.len()];
+        // SAFETY: every channel of every group is written below.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(x.len()) };
         out.par_chunks_mut(cpg * hw)
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
@@ -250,7 +252,9 @@ impl CustomOp3 for GroupNormBackward {
         let (gamma, beta) = affine.split_at(c);
         let cpg = c / spec.groups;
         let group = cpg * hw;
-        let mut out = vec![0f32; x.len() + 2 * c];
+        // SAFETY: every group block writes its dx, the last loop dgamma and dbeta.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(x.len() + 2 * c) };
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
@@ -266,7 +270,9 @@ impl CustomOp3 for GroupNormBackward {
             .zip(stats.par_chunks(spec.groups))
             .for_each(|((((dxs, xs), dys), part), stats)| {
                 // The sigmoids of the whole image, a channel at a time.
-                let mut sig = vec![0f32; if spec.silu { c * hw } else { 0 }];
+                // SAFETY: `sigmoids` writes every channel.
+                #[allow(unsafe_code)]
+                let mut sig = unsafe { output_buffer(if spec.silu { c * hw } else { 0 }) };
                 for (ch, s) in sig.chunks_mut(hw).enumerate() {
                     let (mean, rstd) = stats[ch / cpg];
                     let (ga, be) = (gamma[ch], beta[ch]);

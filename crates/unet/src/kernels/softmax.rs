@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::reduce::candle_sum;
-use super::{expf, f32_slice};
+use super::{expf, f32_slice, output_buffer};
 
 /// `e = exp(x - max x)` of one row into `e`; returns `sum e`.
 fn exponentials(xs: &[f32], e: &mut [f32]) -> f32 {
@@ -45,7 +45,9 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (xs, n) = rows(self.name(), s, l)?;
-        let mut out = vec![0f32; xs.len()];
+        // SAFETY: every row is written below.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(xs.len()) };
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n))
             .for_each(|(y, xs)| {
@@ -88,7 +90,9 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
                 xs.len()
             )
         }
-        let mut out = vec![0f32; xs.len()];
+        // SAFETY: every row is written below.
+        #[allow(unsafe_code)]
+        let mut out = unsafe { output_buffer(xs.len()) };
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n).zip(gs.par_chunks(n)))
             .for_each(|(dx, (xs, gs))| {
