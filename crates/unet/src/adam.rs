@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::optim::{AdamStep, adam_update};
@@ -185,9 +186,10 @@ pub fn global_grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64
     if present.iter().all(|g| use_cpu_kernels(g)) {
         // The same sums as below (bit for bit where candle sums in the order
         // of `candle_sum`), without a squared copy of each gradient (one
-        // allocation and pass per parameter tensor).
+        // allocation and pass per parameter tensor); tensors in parallel,
+        // their sums added in order.
         let parts = present
-            .iter()
+            .par_iter()
             .map(|g| kernels::reduce::sum_of_squares(g).map(f64::from))
             .collect::<Result<Vec<f64>>>()?;
         return Ok(parts.iter().sum::<f64>().sqrt());
