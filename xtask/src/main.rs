@@ -84,6 +84,19 @@ fn keep_candle_elementwise_on_one_thread() {
     }
 }
 
+/// candle's matmul asks for its thread count on every call: without
+/// `RAYON_NUM_THREADS` it counts the physical cores by parsing /proc/cpuinfo
+/// each time (about a hundred times per U-Net training step). Set the variable
+/// to the size rayon's pool takes anyway, unless the user chose one.
+#[allow(unsafe_code)]
+fn fix_rayon_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: the first statements of main, before any thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) }
+    }
+}
+
 /// candle allocates a fresh buffer for every tensor; glibc serves blocks above
 /// its mmap threshold (128 KiB at first) with fresh mappings and unmaps them on
 /// free, so every activation of a U-Net step paid a page fault per 4 KiB (11%
@@ -133,6 +146,7 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments) {
 
 fn main() -> std::process::ExitCode {
     keep_candle_elementwise_on_one_thread();
+    fix_rayon_thread_count();
     keep_freed_memory_for_reuse();
     use std::io::IsTerminal;
     // Colour codes only for a person at a terminal, never in logs or pipes.
