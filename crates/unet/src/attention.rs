@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{GroupNorm, Nin, group_norm, group_norm_params, softmax_last_dim};
+use crate::layers::{GroupNorm, Nin, group_norm, group_norm_params, scaled_softmax_last_dim};
 
 /// x + proj_out(softmax(q^T k / sqrt(C)) applied to v), with q, k, v from one 1x1
 /// convolution of GroupNorm(x). `proj_out` is zero-initialised, so the block
@@ -47,8 +47,8 @@ impl AttentionBlock {
     }
 
     fn weights_from(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
-        let logits = (q.transpose(1, 2)?.matmul(k)? * (1.0 / (self.channels as f64).sqrt()))?;
-        softmax_last_dim(&logits)
+        let logits = q.transpose(1, 2)?.matmul(k)?;
+        scaled_softmax_last_dim(&logits, 1.0 / (self.channels as f64).sqrt())
     }
 
     /// The attention weights (B, HW queries, HW keys); each row sums to one.

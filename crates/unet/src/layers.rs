@@ -397,6 +397,14 @@ pub fn group_norm_params(channels: usize) -> usize {
     2 * channels
 }
 
+/// `softmax_last_dim(x * scale)`; one op on the CPU.
+pub fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if use_cpu_kernels(x) {
+        return kernels::softmax::scaled_softmax_last_dim(x, scale);
+    }
+    softmax_last_dim(&(x * scale)?)
+}
+
 /// Softmax over the last dimension from differentiable primitives (the max
 /// subtracted for stability is detached: it cancels in the result).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

@@ -16,11 +16,21 @@ use rayon::prelude::*;
 use super::reduce::candle_sum;
 use super::{expf, f32_slice, output_buffer};
 
-/// `e = exp(x - max x)` of one row into `e`; returns `sum e`.
-fn exponentials(xs: &[f32], e: &mut [f32]) -> f32 {
-    let max = xs.iter().copied().fold(xs[0], f32::max);
-    for (e, &x) in e.iter_mut().zip(xs) {
-        *e = x - max;
+/// `e = exp(z - max z)` of one row into `e`, with `z = x scale + 0` (candle's
+/// `affine`, as in `x * scale`) when there is a scale, else `z = x`; returns
+/// `sum e`.
+fn exponentials(xs: &[f32], scale: Option<f32>, e: &mut [f32]) -> f32 {
+    match scale {
+        Some(s) => {
+            for (z, &x) in e.iter_mut().zip(xs) {
+                *z = x * s + 0.0;
+            }
+        }
+        None => e.copy_from_slice(xs),
+    }
+    let max = e.iter().copied().fold(e[0], f32::max);
+    for z in e.iter_mut() {
+        *z -= max;
     }
     expf::exp_in_place(e);
     candle_sum(e.len(), |i| e[i])
@@ -36,7 +46,11 @@ fn rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize
     Ok((xs, n))
 }
 
-struct Softmax;
+/// Softmax of each row of `x`, or of `x scale` (attention's logits scaled in
+/// the same pass).
+struct Softmax {
+    scale: Option<f32>,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -51,7 +65,7 @@ impl CustomOp1 for Softmax {
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n))
             .for_each(|(y, xs)| {
-                let sum = exponentials(xs, y);
+                let sum = exponentials(xs, self.scale, y);
                 for y in y.iter_mut() {
                     *y /= sum;
                 }
@@ -60,13 +74,16 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = x.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?;
+        let backward = SoftmaxBackward { scale: self.scale };
+        let dx = x.apply_op2_no_bwd(&grad.contiguous()?, &backward)?;
         Ok(Some(dx))
     }
 }
 
 /// (x, dy) -> dx for [`Softmax`], the exponentials recomputed from x.
-struct SoftmaxBackward;
+struct SoftmaxBackward {
+    scale: Option<f32>,
+}
 
 impl candle_core::CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
@@ -97,7 +114,7 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
             .zip(xs.par_chunks(n).zip(gs.par_chunks(n)))
             .for_each(|(dx, (xs, gs))| {
                 // dx holds e until the last loop.
-                let sum = exponentials(xs, dx);
+                let sum = exponentials(xs, self.scale, dx);
                 let sq = sum * sum;
                 // y = e / s: the gradient reaching s through the division,
                 // summed over the row as candle's broadcast backward does.
@@ -109,6 +126,12 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
                     let de = (0.0 + g / sum) + to_s;
                     *d = 0.0 + de * e;
                 }
+                // Through the scaling: candle's `affine` backward, `dz scale + 0`.
+                if let Some(s) = self.scale {
+                    for d in dx.iter_mut() {
+                        *d = *d * s + 0.0;
+                    }
+                }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -116,7 +139,14 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
 
 /// Softmax over the last dimension of `x` on the CPU (f32), differentiable.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Softmax { scale: None })
+}
+
+/// `softmax_last_dim(x * scale)` in one op each way, bit for bit the same.
+pub fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        scale: Some(scale as f32),
+    })
 }
 
 #[cfg(test)]
@@ -149,9 +179,33 @@ mod tests {
             let got = softmax_last_dim(x.as_tensor()).unwrap();
             let got_dx = (&got * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let got_dx = got_dx.get(x.as_tensor()).unwrap();
+            // Scaled as attention scales its logits.
+            let scale = 1.0 / 8f64.sqrt();
+            let want_scaled = composite(&(x.as_tensor() * scale).unwrap());
+            let want_scaled_dx = (&want_scaled * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let want_scaled_dx = want_scaled_dx.get(x.as_tensor()).unwrap();
+            let got_scaled = scaled_softmax_last_dim(x.as_tensor(), scale).unwrap();
+            let got_scaled_dx = (&got_scaled * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let got_scaled_dx = got_scaled_dx.get(x.as_tensor()).unwrap();
             if crate::kernels::reduce::sums_like_candle() && cfg!(target_env = "gnu") {
                 assert_eq!(bits(&got), bits(&want), "softmax of {b}x{q}x{n}");
                 assert_eq!(bits(got_dx), bits(want_dx), "gradient of {b}x{q}x{n}");
+                assert_eq!(bits(&got_scaled), bits(&want_scaled), "scaled, {b}x{q}x{n}");
+                assert_eq!(
+                    bits(got_scaled_dx),
+                    bits(want_scaled_dx),
+                    "scaled gradient, {b}x{q}x{n}"
+                );
             } else {
                 let close = |a: &Tensor, b: &Tensor| {
                     let d = (a - b)
@@ -166,6 +220,8 @@ mod tests {
                 };
                 close(&got, &want);
                 close(got_dx, want_dx);
+                close(&got_scaled, &want_scaled);
+                close(got_scaled_dx, want_scaled_dx);
             }
         }
     }
