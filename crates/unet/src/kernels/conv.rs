@@ -497,16 +497,22 @@ impl CustomOp3 for Conv2dForward {
             Addend::None | Addend::PerImage => params.elem_count(),
         };
         let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
+        // The parameters' gradients are copied out: they live to the end of
+        // the step, and a view would keep the whole buffer, dx included, alive.
         let dw = flat.narrow(0, nx, nw)?;
         let db = flat.narrow(0, nx + nw, o)?;
         Ok(match self.addend {
-            Addend::None => (Some(dx), Some(dw.reshape(params.shape())?), Some(db)),
+            Addend::None => (
+                Some(dx),
+                Some(dw.reshape(params.shape())?.copy()?),
+                Some(db.copy()?),
+            ),
             Addend::PerImage => {
                 let rows = flat.narrow(0, nx + nw, aux.elem_count())?;
                 (
                     Some(dx),
-                    Some(dw.reshape(params.shape())?),
-                    Some(rows.reshape(aux.shape())?),
+                    Some(dw.reshape(params.shape())?.copy()?),
+                    Some(rows.reshape(aux.shape())?.copy()?),
                 )
             }
             Addend::Residual => {

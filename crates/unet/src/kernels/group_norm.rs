@@ -212,8 +212,9 @@ impl CustomOp3 for GroupNormForward {
         let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
         Ok((
             Some(dx),
-            Some(flat.narrow(0, n, c)?),
-            Some(flat.narrow(0, n + c, c)?),
+            // Copies: see the convolution's backward pass.
+            Some(flat.narrow(0, n, c)?.copy()?),
+            Some(flat.narrow(0, n + c, c)?.copy()?),
         ))
     }
 }
