@@ -7,13 +7,14 @@
 //! of the forward's size, as cuDNN-free frameworks do.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, output_buffer};
 use super::gemm::{Mat, matmul};
 use super::reduce::candle_sum;
+use super::{f32_slice, output_buffer};
 
 /// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
 /// in the L2 cache between the unfolding and the GEMM): larger
@@ -482,37 +483,37 @@ impl CustomOp3 for Conv2dForward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [x, params, aux] = self.addend.inputs([a1, a2, a3]);
         let grad = grad.contiguous()?;
-        let flat = x.apply_op3_no_bwd(
-            params,
-            &grad,
-            &Conv2dBackward {
-                geometry: self.geometry,
-                max_cols: self.max_cols,
-                addend: self.addend,
-            },
-        )?;
-        let (nx, o) = (x.elem_count(), params.dim(0)?);
+        let backward = Conv2dBackward {
+            geometry: self.geometry,
+            max_cols: self.max_cols,
+            addend: self.addend,
+            param_grads: Mutex::new(None),
+        };
+        let dx = x.apply_op3_no_bwd(params, &grad, &backward)?;
+        let param_grads = backward.param_grads.into_inner().ok().flatten();
+        let Some(param_grads) = param_grads else {
+            candle_core::bail!(
+                "{}: the backward pass left no parameter gradients",
+                self.name()
+            )
+        };
+        let n = param_grads.len();
+        let flat = Tensor::from_vec(param_grads, n, x.device())?;
+        let o = params.dim(0)?;
         let nw = match self.addend {
             Addend::Residual => params.elem_count() - o,
             Addend::None | Addend::PerImage => params.elem_count(),
         };
-        let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
-        // The parameters' gradients are copied out: they live to the end of
-        // the step, and a view would keep the whole buffer, dx included, alive.
-        let dw = flat.narrow(0, nx, nw)?;
-        let db = flat.narrow(0, nx + nw, o)?;
+        let dw = flat.narrow(0, 0, nw)?;
+        let db = flat.narrow(0, nw, o)?;
         Ok(match self.addend {
-            Addend::None => (
-                Some(dx),
-                Some(dw.reshape(params.shape())?.copy()?),
-                Some(db.copy()?),
-            ),
+            Addend::None => (Some(dx), Some(dw.reshape(params.shape())?), Some(db)),
             Addend::PerImage => {
-                let rows = flat.narrow(0, nx + nw, aux.elem_count())?;
+                let rows = flat.narrow(0, nw, aux.elem_count())?;
                 (
                     Some(dx),
-                    Some(dw.reshape(params.shape())?.copy()?),
-                    Some(rows.reshape(aux.shape())?.copy()?),
+                    Some(dw.reshape(params.shape())?),
+                    Some(rows.reshape(aux.shape())?),
                 )
             }
             Addend::Residual => {
@@ -547,11 +548,15 @@ fn weight_shape(
     }
 }
 
-/// Backward op: (x, weight, dy) -> [dx, dweight, dbias] flattened into one buffer.
+/// Backward op: (x, weight, dy) -> dx; leaves [dweight, dbias] and, for a
+/// per-image addend, its gradient in `param_grads`. Kept apart from dx: a
+/// parameter's gradient lives to the end of the step, and a view into a
+/// buffer shared with dx would keep dx alive with it.
 struct Conv2dBackward {
     geometry: ConvGeometry,
     max_cols: usize,
     addend: Addend,
+    param_grads: Mutex<Option<Vec<f32>>>,
 }
 
 impl CustomOp3 for Conv2dBackward {
@@ -586,16 +591,16 @@ impl CustomOp3 for Conv2dBackward {
                 d.b * d.o * hwo
             )
         }
-        // [dx, dW, db] and, for a per-image addend, its gradient (B x O).
+        // dx, and [dW, db] with, for a per-image addend, its gradient (B x O).
         let per_image = self.addend == Addend::PerImage;
         let (nx, nw) = (x.len(), d.o * ckk);
         let n_image = if per_image { d.b * d.o } else { 0 };
         // SAFETY: col2im writes every plane of dx (zeroes it, then adds),
         // the transposes all of dW and the addend's gradient, the last loop db.
         #[allow(unsafe_code)]
-        let mut out = unsafe { output_buffer(nx + nw + d.o + n_image) };
-        let (dx_all, rest) = out.split_at_mut(nx);
-        let (dw, rest) = rest.split_at_mut(nw);
+        let (mut dx_all, mut param_grads) =
+            unsafe { (output_buffer(nx), output_buffer(nw + d.o + n_image)) };
+        let (dw, rest) = param_grads.split_at_mut(nw);
         let (db, d_image) = rest.split_at_mut(d.o);
         let mut db_acc = vec![0f64; d.o];
         // The addend's gradient channel-major (O x B), as the channels run in
@@ -658,8 +663,10 @@ impl CustomOp3 for Conv2dBackward {
         if per_image {
             transpose_into(&d_image_t, d.o, d.b, d_image);
         }
-        let n = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(n)))
+        if let Ok(mut slot) = self.param_grads.lock() {
+            *slot = Some(param_grads);
+        }
+        Ok((CpuStorage::F32(dx_all), l1.shape().clone()))
     }
 }
 

@@ -6,7 +6,7 @@
 //! The backward pass reuses the forward pass's statistics (two floats per
 //! image and group) and recomputes the rest.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -202,28 +202,36 @@ impl CustomOp3 for GroupNormForward {
         let backward = GroupNormBackward {
             spec: self.spec,
             stats: self.stats.get().cloned(),
+            affine_grads: Mutex::new(None),
         };
         let grad = match &self.mask {
             Some(mask) => masked(grad, mask)?,
             None => grad.contiguous()?,
         };
-        let flat = x.apply_op3_no_bwd(&affine, &grad, &backward)?;
-        let (n, c) = (x.elem_count(), gamma.elem_count());
-        let dx = flat.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dx = x.apply_op3_no_bwd(&affine, &grad, &backward)?;
+        let Some(affine_grads) = backward.affine_grads.into_inner().ok().flatten() else {
+            candle_core::bail!(
+                "{}: the backward pass left no gradients of gamma and beta",
+                self.name()
+            )
+        };
+        let c = gamma.elem_count();
+        let flat = Tensor::from_vec(affine_grads, 2 * c, x.device())?;
         Ok((
             Some(dx),
-            // Copies: see the convolution's backward pass.
-            Some(flat.narrow(0, n, c)?.copy()?),
-            Some(flat.narrow(0, n + c, c)?.copy()?),
+            Some(flat.narrow(0, 0, c)?),
+            Some(flat.narrow(0, c, c)?),
         ))
     }
 }
 
-/// Backward op: (x, [gamma, beta], dy) -> [dx, dgamma, dbeta] in one buffer,
+/// Backward op: (x, [gamma, beta], dy) -> dx, leaving [dgamma, dbeta] in
+/// `affine_grads` (apart from dx, as the convolution's backward op does),
 /// with the forward pass's statistics (recomputed when absent).
 struct GroupNormBackward {
     spec: GroupNormSpec,
     stats: Option<Arc<[(f32, f32)]>>,
+    affine_grads: Mutex<Option<Vec<f32>>>,
 }
 
 impl CustomOp3 for GroupNormBackward {
@@ -255,7 +263,7 @@ impl CustomOp3 for GroupNormBackward {
         let group = cpg * hw;
         // SAFETY: every group block writes its dx, the last loop dgamma and dbeta.
         #[allow(unsafe_code)]
-        let mut out = unsafe { output_buffer(x.len() + 2 * c) };
+        let (mut dx, mut affine_grads) = unsafe { (output_buffer(x.len()), output_buffer(2 * c)) };
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
@@ -263,7 +271,6 @@ impl CustomOp3 for GroupNormBackward {
             Some(stats) if stats.len() == b * spec.groups => stats.clone(),
             _ => all_stats(x, spec.groups, group, spec.eps).into(),
         };
-        let dx = &mut out[..x.len()];
         dx.par_chunks_mut(c * hw)
             .zip(x.par_chunks(c * hw))
             .zip(dy.par_chunks(c * hw))
@@ -298,7 +305,7 @@ impl CustomOp3 for GroupNormBackward {
                     with_lanes!(lanes, L => block.run::<L>(dxs, part));
                 }
             });
-        let (dgamma, dbeta) = out[x.len()..].split_at_mut(c);
+        let (dgamma, dbeta) = affine_grads.split_at_mut(c);
         for ch in 0..c {
             let (mut sg, mut sb) = (0f64, 0f64);
             for i in 0..b {
@@ -308,8 +315,10 @@ impl CustomOp3 for GroupNormBackward {
             dgamma[ch] = sg as f32;
             dbeta[ch] = sb as f32;
         }
-        let n = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(n)))
+        if let Ok(mut slot) = self.affine_grads.lock() {
+            *slot = Some(affine_grads);
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
