@@ -78,18 +78,41 @@ impl ForwardMode {
     /// < 1`; `None` otherwise, without drawing. For ops that apply the mask
     /// themselves: [`ForwardMode::dropout`] would have drawn the same one.
     pub fn host_mask(&self, n: usize, p: f64) -> Option<Vec<f32>> {
-        let source = self.dropout.as_ref()?;
-        if p <= 0.0 || p >= 1.0 {
-            return None;
-        }
+        self.host_mask_beside(n, p, || ()).0
+    }
+
+    /// Whether [`ForwardMode::host_mask`] draws a mask for drop probability `p`.
+    pub fn draws_host_masks(&self, p: f64) -> bool {
+        p > 0.0
+            && p < 1.0
+            && self
+                .dropout
+                .as_ref()
+                .is_some_and(|s| matches!(*s.borrow(), Source::Host(_)))
+    }
+
+    /// [`ForwardMode::host_mask`], drawn on another rayon worker while
+    /// `beside` runs on this thread: the draws are serial by construction,
+    /// so they go where a core would otherwise wait. The mask is the same.
+    pub fn host_mask_beside<R: Send>(
+        &self,
+        n: usize,
+        p: f64,
+        beside: impl FnOnce() -> R + Send,
+    ) -> (Option<Vec<f32>>, R) {
+        let Some(source) = self.dropout.as_ref().filter(|_| p > 0.0 && p < 1.0) else {
+            return (None, beside());
+        };
         let Source::Host(rng) = &mut *source.borrow_mut() else {
-            return None;
+            return (None, beside());
         };
         let (p32, s32) = (p as f32, (1.0 / (1.0 - p)) as f32);
-        Some(
+        let draw = || -> Vec<f32> {
             (0..n)
                 .map(|_| if rng.random::<f32>() < p32 { 0.0 } else { s32 })
-                .collect(),
-        )
+                .collect()
+        };
+        let (beside, mask) = rayon::join(beside, draw);
+        (Some(mask), beside)
     }
 }

@@ -373,15 +373,21 @@ impl GroupNorm {
     /// Dropout (with `mode`'s masks) of SiLU(GroupNorm(x)); on the CPU the
     /// mask is applied in the same pass.
     pub fn forward_silu_dropout(&self, x: &Tensor, mode: &ForwardMode, p: f64) -> Result<Tensor> {
-        if use_cpu_kernels(x)
-            && let Some(mask) = mode.host_mask(x.elem_count(), p)
-        {
+        if use_cpu_kernels(x) && mode.draws_host_masks(p) {
             let spec = GroupNormSpec {
                 groups: self.groups,
                 eps: GROUP_NORM_EPS,
                 silu: true,
             };
-            return kernels::group_norm::group_norm_masked(x, &self.weight, &self.bias, spec, mask);
+            // The statistics are computed while the mask is drawn.
+            let x = x.contiguous()?;
+            let (mask, stats) = mode.host_mask_beside(x.elem_count(), p, || {
+                kernels::group_norm::statistics(&x, spec)
+            });
+            if let Some(mask) = mask {
+                let (gamma, beta) = (&self.weight, &self.bias);
+                return kernels::group_norm::group_norm_masked(&x, gamma, beta, spec, mask, stats?);
+            }
         }
         mode.dropout(&self.forward_silu(x)?, p)
     }

@@ -151,10 +151,17 @@ impl CustomOp3 for GroupNormForward {
             )
         }
         let cpg = c / spec.groups;
-        let stats: Arc<[(f32, f32)]> = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
-        // A second forward through the same op (none happens) would compute
-        // the same statistics: keeping the first is correct either way.
-        let _ = self.stats.set(stats.clone());
+        // Computed here unless the caller computed them (the same way).
+        let stats = match self.stats.get() {
+            Some(stats) if stats.len() == x.len() / (cpg * hw).max(1) => stats.clone(),
+            _ => {
+                let stats: Arc<[(f32, f32)]> = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
+                // A second forward through the same op (none happens) would
+                // compute the same statistics: keeping the first is correct.
+                let _ = self.stats.set(stats.clone());
+                stats
+            }
+        };
         // SAFETY: every channel of every group is written below.
         #[allow(unsafe_code)]
         let mut out = unsafe { output_buffer(x.len()) };
@@ -577,20 +584,36 @@ pub fn group_norm(
     beta: &Tensor,
     spec: GroupNormSpec,
 ) -> Result<Tensor> {
-    apply(x, gamma, beta, spec, None)
+    apply(x, gamma, beta, spec, None, None)
 }
 
 /// [`group_norm`] times a dropout `mask` (one value per element of `x`, in
 /// its order): the same values and gradients as `mask_mul` of its output, bit
-/// for bit, without the extra pass and gradient buffer.
+/// for bit, without the extra pass and gradient buffer. `stats`: the
+/// [`statistics`] of `x`, when computed already.
 pub fn group_norm_masked(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     spec: GroupNormSpec,
     mask: Vec<f32>,
+    stats: Option<Arc<[(f32, f32)]>>,
 ) -> Result<Tensor> {
-    apply(x, gamma, beta, spec, Some(mask.into()))
+    apply(x, gamma, beta, spec, Some(mask.into()), stats)
+}
+
+/// The mean and 1 / sqrt(var + eps) of every (image, group) of `x` (CPU,
+/// f32), as the forward op computes them: `None` for other inputs.
+pub fn statistics(x: &Tensor, spec: GroupNormSpec) -> Result<Option<Arc<[(f32, f32)]>>> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        return Ok(None);
+    };
+    let xs = f32_slice("e2h-group-norm", s, layout)?;
+    let (_b, c, hw) = dims("e2h-group-norm", &spec, layout.shape())?;
+    let group = c / spec.groups * hw;
+    Ok(Some(all_stats(xs, spec.groups, group, spec.eps).into()))
 }
 
 fn apply(
@@ -599,13 +622,18 @@ fn apply(
     beta: &Tensor,
     spec: GroupNormSpec,
     mask: Option<Arc<[f32]>>,
+    stats: Option<Arc<[(f32, f32)]>>,
 ) -> Result<Tensor> {
+    let known = OnceLock::new();
+    if let Some(stats) = stats {
+        let _ = known.set(stats);
+    }
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
         GroupNormForward {
             spec,
-            stats: OnceLock::new(),
+            stats: known,
             mask,
         },
     )
@@ -829,7 +857,10 @@ mod tests {
             let composite =
                 super::super::mask::mask_mul(&group_norm(xt, gt, bt, spec).unwrap(), mask.clone())
                     .unwrap();
-            let fused = group_norm_masked(xt, gt, bt, spec, mask).unwrap();
+            let fused = group_norm_masked(xt, gt, bt, spec, mask.clone(), None).unwrap();
+            let stats = statistics(xt, spec).unwrap();
+            let given = group_norm_masked(xt, gt, bt, spec, mask, stats).unwrap();
+            assert_eq!(bits(&given), bits(&fused), "statistics given, silu {silu}");
             assert_eq!(bits(&fused), bits(&composite), "values, silu {silu}");
             let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
             let (gc, gf) = (
