@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::f32_slice;
 use super::gemm::{Mat, matmul};
 use super::reduce::candle_sum;
-use super::{f32_slice, output_buffer};
 
 /// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
 /// in the L2 cache between the unfolding and the GEMM): larger
@@ -420,9 +420,7 @@ impl CustomOp3 for Conv2dForward {
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
         let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
         let (bias, addend) = bias_and_addend(self.name(), self.addend, params, aux, &d, ckk)?;
-        // SAFETY: the chunks below write every (image, channel) plane.
-        #[allow(unsafe_code)]
-        let mut out = unsafe { output_buffer(d.b * d.o * hwo) };
+        let mut out = vec![0f32; d.b * d.o * hwo];
         let mut cols = take_scratch(ckk * chunk * hwo);
         let mut ymat = take_scratch(d.o * chunk * hwo);
         for n0 in (0..d.b).step_by(chunk) {
@@ -595,11 +593,7 @@ impl CustomOp3 for Conv2dBackward {
         let per_image = self.addend == Addend::PerImage;
         let (nx, nw) = (x.len(), d.o * ckk);
         let n_image = if per_image { d.b * d.o } else { 0 };
-        // SAFETY: col2im writes every plane of dx (zeroes it, then adds),
-        // the transposes all of dW and the addend's gradient, the last loop db.
-        #[allow(unsafe_code)]
-        let (mut dx_all, mut param_grads) =
-            unsafe { (output_buffer(nx), output_buffer(nw + d.o + n_image)) };
+        let (mut dx_all, mut param_grads) = (vec![0f32; nx], vec![0f32; nw + d.o + n_image]);
         let (dw, rest) = param_grads.split_at_mut(nw);
         let (db, d_image) = rest.split_at_mut(d.o);
         let mut db_acc = vec![0f64; d.o];

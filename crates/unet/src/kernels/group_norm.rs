@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{expf, f32_slice, output_buffer};
+use super::{expf, f32_slice};
 
 /// Groups, epsilon and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +33,9 @@ fn dims(op: &str, spec: &GroupNormSpec, shape: &Shape) -> Result<(usize, usize, 
     }
     Ok((b, c, d[2..].iter().product()))
 }
+
+/// The mean and 1 / sqrt(var + eps) of every (image, group), image-major.
+pub type Statistics = Arc<[(f32, f32)]>;
 
 /// Groups whose statistics are summed side by side.
 const LANES: usize = 8;
@@ -111,7 +114,7 @@ fn sigmoids(out: &mut [f32], z: impl Fn(usize) -> f32) {
 /// image and group).
 struct GroupNormForward {
     spec: GroupNormSpec,
-    stats: OnceLock<Arc<[(f32, f32)]>>,
+    stats: OnceLock<Statistics>,
     mask: Option<Arc<[f32]>>,
 }
 
@@ -155,16 +158,14 @@ impl CustomOp3 for GroupNormForward {
         let stats = match self.stats.get() {
             Some(stats) if stats.len() == x.len() / (cpg * hw).max(1) => stats.clone(),
             _ => {
-                let stats: Arc<[(f32, f32)]> = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
+                let stats: Statistics = all_stats(x, spec.groups, cpg * hw, spec.eps).into();
                 // A second forward through the same op (none happens) would
                 // compute the same statistics: keeping the first is correct.
                 let _ = self.stats.set(stats.clone());
                 stats
             }
         };
-        // SAFETY: every channel of every group is written below.
-        #[allow(unsafe_code)]
-        let mut out = unsafe { output_buffer(x.len()) };
+        let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(cpg * hw)
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
@@ -237,7 +238,7 @@ impl CustomOp3 for GroupNormForward {
 /// with the forward pass's statistics (recomputed when absent).
 struct GroupNormBackward {
     spec: GroupNormSpec,
-    stats: Option<Arc<[(f32, f32)]>>,
+    stats: Option<Statistics>,
     affine_grads: Mutex<Option<Vec<f32>>>,
 }
 
@@ -268,9 +269,7 @@ impl CustomOp3 for GroupNormBackward {
         let (gamma, beta) = affine.split_at(c);
         let cpg = c / spec.groups;
         let group = cpg * hw;
-        // SAFETY: every group block writes its dx, the last loop dgamma and dbeta.
-        #[allow(unsafe_code)]
-        let (mut dx, mut affine_grads) = unsafe { (output_buffer(x.len()), output_buffer(2 * c)) };
+        let (mut dx, mut affine_grads) = (vec![0f32; x.len()], vec![0f32; 2 * c]);
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
@@ -285,9 +284,7 @@ impl CustomOp3 for GroupNormBackward {
             .zip(stats.par_chunks(spec.groups))
             .for_each(|((((dxs, xs), dys), part), stats)| {
                 // The sigmoids of the whole image, a channel at a time.
-                // SAFETY: `sigmoids` writes every channel.
-                #[allow(unsafe_code)]
-                let mut sig = unsafe { output_buffer(if spec.silu { c * hw } else { 0 }) };
+                let mut sig = vec![0f32; if spec.silu { c * hw } else { 0 }];
                 for (ch, s) in sig.chunks_mut(hw).enumerate() {
                     let (mean, rstd) = stats[ch / cpg];
                     let (ga, be) = (gamma[ch], beta[ch]);
@@ -597,14 +594,14 @@ pub fn group_norm_masked(
     beta: &Tensor,
     spec: GroupNormSpec,
     mask: Vec<f32>,
-    stats: Option<Arc<[(f32, f32)]>>,
+    stats: Option<Statistics>,
 ) -> Result<Tensor> {
     apply(x, gamma, beta, spec, Some(mask.into()), stats)
 }
 
 /// The mean and 1 / sqrt(var + eps) of every (image, group) of `x` (CPU,
 /// f32), as the forward op computes them: `None` for other inputs.
-pub fn statistics(x: &Tensor, spec: GroupNormSpec) -> Result<Option<Arc<[(f32, f32)]>>> {
+pub fn statistics(x: &Tensor, spec: GroupNormSpec) -> Result<Option<Statistics>> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let candle_core::Storage::Cpu(s) = &*storage else {
@@ -622,7 +619,7 @@ fn apply(
     beta: &Tensor,
     spec: GroupNormSpec,
     mask: Option<Arc<[f32]>>,
-    stats: Option<Arc<[(f32, f32)]>>,
+    stats: Option<Statistics>,
 ) -> Result<Tensor> {
     let known = OnceLock::new();
     if let Some(stats) = stats {

@@ -28,25 +28,6 @@ pub fn use_cpu_kernels(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// A buffer of `len` f32 for a kernel that writes every element before
-/// anything reads one. `vec![0.0; len]` has the allocator zero the memory it
-/// reuses: one more serial pass over every output of a training step. In unit
-/// tests the buffer starts as NaN, so that a value left unwritten shows.
-///
-/// # Safety
-/// The caller writes every element before reading any.
-#[allow(unsafe_code)]
-pub(crate) unsafe fn output_buffer(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: capacity `len`; f32 has no invalid bit patterns and the caller
-    // writes every element before reading it.
-    unsafe { v.set_len(len) };
-    if cfg!(test) {
-        v.fill(f32::NAN);
-    }
-    v
-}
-
 /// The contiguous f32 slice behind a storage and layout, or an error naming `op`.
 pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
