@@ -428,37 +428,46 @@ impl CustomOp3 for Conv2dForward {
             let width = nb * hwo;
             let cols = &mut cols[..ckk * width];
             im2col(x, &d, g, n0, nb, cols);
-            let ymat = &mut ymat[..d.o * width];
-            matmul(ymat, false, weight, Mat::row_major(cols, ckk, width));
+            let dst = &mut out[n0 * d.o * hwo..(n0 + nb) * d.o * hwo];
+            // One image's products (O x Ho Wo) are laid out as its output
+            // already: the GEMM writes them there, and the sums below add in
+            // place (the same values, one copy less).
+            let in_place = nb == 1;
+            let ymat = &mut ymat[..if in_place { 0 } else { d.o * width }];
+            let cols = Mat::row_major(cols, ckk, width);
+            matmul(
+                if in_place { &mut *dst } else { &mut *ymat },
+                false,
+                weight,
+                cols,
+            );
             let ymat = &*ymat;
-            out[n0 * d.o * hwo..(n0 + nb) * d.o * hwo]
-                .par_chunks_mut(hwo)
-                .enumerate()
-                .for_each(|(idx, dst)| {
-                    let (i, o) = (idx / d.o, idx % d.o);
-                    let image_channel = (n0 + i) * d.o + o;
-                    let b = bias[o];
-                    let src = &ymat[o * width + i * hwo..][..hwo];
-                    match self.addend {
-                        Addend::None => {
-                            for (y, v) in dst.iter_mut().zip(src) {
-                                *y = v + b;
-                            }
-                        }
-                        Addend::PerImage => {
-                            let t = addend[image_channel];
-                            for (y, v) in dst.iter_mut().zip(src) {
-                                *y = (v + b) + t;
-                            }
-                        }
-                        Addend::Residual => {
-                            let skip = &addend[image_channel * hwo..][..hwo];
-                            for ((y, v), s) in dst.iter_mut().zip(src).zip(skip) {
-                                *y = (v + b) + s;
-                            }
+            dst.par_chunks_mut(hwo).enumerate().for_each(|(idx, dst)| {
+                let (i, o) = (idx / d.o, idx % d.o);
+                let image_channel = (n0 + i) * d.o + o;
+                let b = bias[o];
+                let src = (!in_place).then(|| &ymat[o * width + i * hwo..][..hwo]);
+                let product = |j: usize, y: f32| src.map_or(y, |src| src[j]);
+                match self.addend {
+                    Addend::None => {
+                        for (j, y) in dst.iter_mut().enumerate() {
+                            *y = product(j, *y) + b;
                         }
                     }
-                });
+                    Addend::PerImage => {
+                        let t = addend[image_channel];
+                        for (j, y) in dst.iter_mut().enumerate() {
+                            *y = (product(j, *y) + b) + t;
+                        }
+                    }
+                    Addend::Residual => {
+                        let skip = &addend[image_channel * hwo..][..hwo];
+                        for ((j, y), s) in dst.iter_mut().enumerate().zip(skip) {
+                            *y = (product(j, *y) + b) + s;
+                        }
+                    }
+                }
+            });
         }
         give_back(cols);
         give_back(ymat);
@@ -610,24 +619,38 @@ impl CustomOp3 for Conv2dBackward {
         for n0 in (0..d.b).step_by(chunk) {
             let nb = chunk.min(d.b - n0);
             let width = nb * hwo;
-            let dymat = &mut dymat[..d.o * width];
-            dymat
-                .par_chunks_mut(width)
-                .zip(db_acc.par_iter_mut())
-                .zip(d_image_t.par_chunks_mut(image_stride))
-                .enumerate()
-                .for_each(|(o, ((row, acc), image_sums))| {
-                    for i in 0..nb {
-                        let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
-                        row[i * hwo..(i + 1) * hwo].copy_from_slice(src);
-                        *acc += src.iter().map(|&v| f64::from(v)).sum::<f64>();
-                        if per_image {
-                            // In the order of the `sum_keepdim` it replaces.
-                            image_sums[n0 + i] = candle_sum(hwo, |p| src[p]);
+            // dY as (O x images Ho Wo), with the bias's (and the addend's)
+            // sums; one image's dY is laid out so already and is not copied.
+            let sums = |i: usize, src: &[f32], acc: &mut f64, image_sums: &mut [f32]| {
+                *acc += src.iter().map(|&v| f64::from(v)).sum::<f64>();
+                if per_image {
+                    // In the order of the `sum_keepdim` it replaces.
+                    image_sums[n0 + i] = candle_sum(hwo, |p| src[p]);
+                }
+            };
+            let dymat: &[f32] = if nb == 1 {
+                let rows = &dy[n0 * d.o * hwo..][..d.o * hwo];
+                rows.par_chunks(hwo)
+                    .zip(db_acc.par_iter_mut())
+                    .zip(d_image_t.par_chunks_mut(image_stride))
+                    .for_each(|((src, acc), image_sums)| sums(0, src, acc, image_sums));
+                rows
+            } else {
+                let dymat = &mut dymat[..d.o * width];
+                dymat
+                    .par_chunks_mut(width)
+                    .zip(db_acc.par_iter_mut())
+                    .zip(d_image_t.par_chunks_mut(image_stride))
+                    .enumerate()
+                    .for_each(|(o, ((row, acc), image_sums))| {
+                        for i in 0..nb {
+                            let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
+                            row[i * hwo..(i + 1) * hwo].copy_from_slice(src);
+                            sums(i, src, acc, image_sums);
                         }
-                    }
-                });
-            let dymat = &*dymat;
+                    });
+                dymat
+            };
             // dY with pixels as rows, (images Ho Wo) x O: the weight gradient
             // contracts dY and the patches over pixels, the contiguous axis of
             // both; giving the GEMM one operand pixel-major lets it skip its
