@@ -247,7 +247,13 @@ impl<'d> Trainer<'d> {
     /// with [`TrainError::NonFinite`] naming the step (the parameters are then left
     /// as before the step).
     pub fn step(&mut self) -> Result<StepStats, TrainError> {
-        crate::workers::with_spinning_workers(|| self.step_inner())
+        // On the CPU the step's kernels run on rayon's workers; on a GPU they
+        // would only spin.
+        if self.device.is_cpu() {
+            crate::workers::with_spinning_workers(|| self.step_inner())
+        } else {
+            self.step_inner()
+        }
     }
 
     fn step_inner(&mut self) -> Result<StepStats, TrainError> {
