@@ -100,11 +100,11 @@ impl ForwardMode {
         p: f64,
         beside: impl FnOnce() -> R + Send,
     ) -> (Option<Vec<f32>>, R) {
-        let Some(source) = self.dropout.as_ref().filter(|_| p > 0.0 && p < 1.0) else {
+        let Some(source) = self.dropout.as_ref().filter(|_| self.draws_host_masks(p)) else {
             return (None, beside());
         };
         let Source::Host(rng) = &mut *source.borrow_mut() else {
-            return (None, beside());
+            unreachable!("draws_host_masks checked the source")
         };
         let (p32, s32) = (p as f32, (1.0 / (1.0 - p)) as f32);
         let draw = || -> Vec<f32> {

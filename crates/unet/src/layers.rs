@@ -235,14 +235,19 @@ impl Nin {
         self.weight.elem_count() + self.bias.elem_count()
     }
 
+    /// The weight as a (C_out, C_in, 1, 1) convolution kernel.
+    fn kernel(&self) -> Result<Tensor> {
+        let (c_out, c_in) = self.weight.dims2()?;
+        self.weight.reshape((c_out, c_in, 1, 1))
+    }
+
     /// (B, C, N) -> (B, C_out, N).
     pub fn forward_flat(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _c, n) = x.dims3()?;
         let (c_out, c_in) = self.weight.dims2()?;
         if use_cpu_kernels(x) {
-            let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
             let x = x.reshape((b, c_in, n, 1))?;
-            return kernels::conv::conv2d(&x, &weight, &self.bias, ONE_BY_ONE)?
+            return kernels::conv::conv2d(&x, &self.kernel()?, &self.bias, ONE_BY_ONE)?
                 .reshape((b, c_out, n));
         }
         self.weight
@@ -259,10 +264,9 @@ impl Nin {
             return skip + self.forward_flat(x)?.reshape(skip.shape())?;
         }
         let (b, c_in, n) = x.dims3()?;
-        let c_out = self.weight.dim(0)?;
         kernels::conv::conv2d_plus_residual(
             &x.reshape((b, c_in, n, 1))?,
-            &self.weight.reshape((c_out, c_in, 1, 1))?,
+            &self.kernel()?,
             &self.bias,
             skip,
             ONE_BY_ONE,
@@ -277,9 +281,7 @@ impl Module for Nin {
             // As a 1x1 convolution of the image itself: the same products as
             // `forward_flat`, without reshapes whose gradients candle would
             // copy into fresh buffers.
-            let (c_out, c_in) = self.weight.dims2()?;
-            let weight = self.weight.reshape((c_out, c_in, 1, 1))?;
-            return kernels::conv::conv2d(x, &weight, &self.bias, ONE_BY_ONE);
+            return kernels::conv::conv2d(x, &self.kernel()?, &self.bias, ONE_BY_ONE);
         }
         let (b, c, h, w) = x.dims4()?;
         let c_out = self.bias.dim(0)?;
@@ -386,7 +388,8 @@ impl GroupNorm {
             });
             if let Some(mask) = mask {
                 let (gamma, beta) = (&self.weight, &self.bias);
-                return kernels::group_norm::group_norm_masked(&x, gamma, beta, spec, mask, stats?);
+                let stats = Some(stats?);
+                return kernels::group_norm::group_norm_masked(&x, gamma, beta, spec, mask, stats);
             }
         }
         mode.dropout(&self.forward_silu(x)?, p)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{expf, f32_slice};
+use super::{expf, f32_slice, with_cpu_values};
 
 /// Groups, epsilon and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -556,20 +556,16 @@ mod simd {
 /// m`, the sum candle's backward pass forms when it adds the mask product's
 /// gradient to a fresh buffer of zeros (it turns -0 into +0).
 fn masked(grad: &Tensor, mask: &[f32]) -> Result<Tensor> {
-    let grad = grad.contiguous()?;
-    let (storage, layout) = grad.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("e2h-group-norm: expects a CPU gradient")
-    };
-    let dy = f32_slice("e2h-group-norm", s, layout)?;
-    if dy.len() != mask.len() {
-        candle_core::bail!("e2h-group-norm: a gradient of another size than the mask")
-    }
-    let out: Vec<f32> = dy
-        .par_iter()
-        .zip(mask)
-        .map(|(&g, &m)| 0.0 + g * m)
-        .collect();
+    let out = with_cpu_values("e2h-group-norm", grad, |dy| {
+        if dy.len() != mask.len() {
+            candle_core::bail!("e2h-group-norm: a gradient of another size than the mask")
+        }
+        Ok(dy
+            .par_iter()
+            .zip(mask)
+            .map(|(&g, &m)| 0.0 + g * m)
+            .collect::<Vec<f32>>())
+    })?;
     Tensor::from_vec(out, grad.shape(), grad.device())
 }
 
@@ -600,17 +596,12 @@ pub fn group_norm_masked(
 }
 
 /// The mean and 1 / sqrt(var + eps) of every (image, group) of `x` (CPU,
-/// f32), as the forward op computes them: `None` for other inputs.
-pub fn statistics(x: &Tensor, spec: GroupNormSpec) -> Result<Option<Statistics>> {
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*storage else {
-        return Ok(None);
-    };
-    let xs = f32_slice("e2h-group-norm", s, layout)?;
-    let (_b, c, hw) = dims("e2h-group-norm", &spec, layout.shape())?;
-    let group = c / spec.groups * hw;
-    Ok(Some(all_stats(xs, spec.groups, group, spec.eps).into()))
+/// f32), as the forward op computes them.
+pub fn statistics(x: &Tensor, spec: GroupNormSpec) -> Result<Statistics> {
+    let (_b, c, hw) = dims("e2h-group-norm", &spec, x.shape())?;
+    with_cpu_values("e2h-group-norm", x, |xs| {
+        Ok(all_stats(xs, spec.groups, c / spec.groups * hw, spec.eps).into())
+    })
 }
 
 fn apply(
@@ -856,7 +847,7 @@ mod tests {
                     .unwrap();
             let fused = group_norm_masked(xt, gt, bt, spec, mask.clone(), None).unwrap();
             let stats = statistics(xt, spec).unwrap();
-            let given = group_norm_masked(xt, gt, bt, spec, mask, stats).unwrap();
+            let given = group_norm_masked(xt, gt, bt, spec, mask, Some(stats)).unwrap();
             assert_eq!(bits(&given), bits(&fused), "statistics given, silu {silu}");
             assert_eq!(bits(&fused), bits(&composite), "values, silu {silu}");
             let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();

@@ -28,6 +28,20 @@ pub fn use_cpu_kernels(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// `f` of the contiguous f32 values of a CPU tensor, or an error naming `op`.
+pub(crate) fn with_cpu_values<R>(
+    op: &str,
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("{op}: expects a CPU tensor")
+    };
+    f(f32_slice(op, s, layout)?)
+}
+
 /// The contiguous f32 slice behind a storage and layout, or an error naming `op`.
 pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {

@@ -43,13 +43,9 @@ pub fn sums_like_candle() -> bool {
 
 /// `t.sqr().sum_all()` of a CPU f32 tensor without the squared copy.
 pub fn sum_of_squares(t: &Tensor) -> Result<f32> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("sum_of_squares: expects a CPU tensor")
-    };
-    let xs = super::f32_slice("sum_of_squares", s, layout)?;
-    Ok(candle_sum(xs.len(), |i| xs[i] * xs[i]))
+    super::with_cpu_values("sum_of_squares", t, |xs| {
+        Ok(candle_sum(xs.len(), |i| xs[i] * xs[i]))
+    })
 }
 
 #[cfg(test)]
