@@ -53,6 +53,13 @@ impl<'a> Mat<'a> {
 
 /// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major (a.rows x b.cols).
 pub fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    matmul_threaded(dst, accumulate, a, b, true)
+}
+
+/// [`matmul`] on the calling thread alone when not `threaded`: for products
+/// that callers already run side by side (one per image). The result is the
+/// same either way.
+pub fn matmul_threaded(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, threaded: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions differ");
     assert_eq!(dst.len(), m * n, "gemm: destination has the wrong size");
@@ -70,7 +77,11 @@ pub fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
     // rayon's pool size, not candle's `get_num_threads()`, which parses
     // /proc/cpuinfo on every call (3% of a training step). Products do not
     // split the inner dimension, so the thread count never changes a result.
-    let threads = rayon::current_num_threads();
+    let threads = if threaded {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

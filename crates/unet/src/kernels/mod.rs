@@ -11,6 +11,7 @@
 //! Reductions are split by shape alone, never by thread count, so results are
 //! bit-identical whatever the number of threads.
 
+pub mod attention;
 pub mod conv;
 pub mod expf;
 pub mod gemm;

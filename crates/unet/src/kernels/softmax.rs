@@ -36,6 +36,41 @@ fn exponentials(xs: &[f32], scale: Option<f32>, e: &mut [f32]) -> f32 {
     candle_sum(e.len(), |i| e[i])
 }
 
+/// One row of [`Softmax`]: `y = softmax(xs)`, or `softmax(xs scale)`.
+pub(super) fn row_forward(xs: &[f32], scale: Option<f32>, y: &mut [f32]) {
+    let sum = exponentials(xs, scale, y);
+    for y in y.iter_mut() {
+        *y /= sum;
+    }
+}
+
+/// The gradient `dx` of one row of [`Softmax`] (of `x scale` with a scale)
+/// from the row's input `xs` and output gradient `gs`: the exponentials are
+/// recomputed from `xs`, and every operation is the one candle's autograd
+/// performs for the composite.
+pub(super) fn row_backward(xs: &[f32], gs: &[f32], scale: Option<f32>, dx: &mut [f32]) {
+    let n = xs.len();
+    // dx holds e until the last loop.
+    let sum = exponentials(xs, scale, dx);
+    let sq = sum * sum;
+    // y = e / s: the gradient reaching s through the division,
+    // summed over the row as candle's broadcast backward does.
+    let to_s = 0.0 + candle_sum(n, |i| 0.0 - gs[i] * dx[i] / sq);
+    // e's gradient: through the division first, then through s;
+    // then exp's backward (times e).
+    for (d, &g) in dx.iter_mut().zip(gs) {
+        let e = *d;
+        let de = (0.0 + g / sum) + to_s;
+        *d = 0.0 + de * e;
+    }
+    // Through the scaling: candle's `affine` backward, `dz scale + 0`.
+    if let Some(s) = scale {
+        for d in dx.iter_mut() {
+            *d = *d * s + 0.0;
+        }
+    }
+}
+
 /// Rows of `n` elements of a contiguous f32 input.
 fn rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
     let xs = f32_slice(op, s, l)?;
@@ -62,12 +97,7 @@ impl CustomOp1 for Softmax {
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n))
-            .for_each(|(y, xs)| {
-                let sum = exponentials(xs, self.scale, y);
-                for y in y.iter_mut() {
-                    *y /= sum;
-                }
-            });
+            .for_each(|(y, xs)| row_forward(xs, self.scale, y));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -108,27 +138,7 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n).zip(gs.par_chunks(n)))
-            .for_each(|(dx, (xs, gs))| {
-                // dx holds e until the last loop.
-                let sum = exponentials(xs, self.scale, dx);
-                let sq = sum * sum;
-                // y = e / s: the gradient reaching s through the division,
-                // summed over the row as candle's broadcast backward does.
-                let to_s = 0.0 + candle_sum(n, |i| 0.0 - gs[i] * dx[i] / sq);
-                // e's gradient: through the division first, then through s;
-                // then exp's backward (times e).
-                for (d, &g) in dx.iter_mut().zip(gs) {
-                    let e = *d;
-                    let de = (0.0 + g / sum) + to_s;
-                    *d = 0.0 + de * e;
-                }
-                // Through the scaling: candle's `affine` backward, `dz scale + 0`.
-                if let Some(s) = self.scale {
-                    for d in dx.iter_mut() {
-                        *d = *d * s + 0.0;
-                    }
-                }
-            });
+            .for_each(|(dx, (xs, gs))| row_backward(xs, gs, self.scale, dx));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
