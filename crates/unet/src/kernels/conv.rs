@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use super::gemm::{Mat, matmul};
+use super::gemm::{Mat, matmul_threaded};
 use super::reduce::candle_sum;
 
 /// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
@@ -44,6 +44,34 @@ fn give_back(v: Vec<f32>) {
             s.push(v);
         }
     });
+}
+
+/// `f(index, piece)` over the `size`-long pieces of `data`: in parallel, or
+/// on the calling thread when the caller already runs pieces side by side.
+fn for_each_piece<T: Send>(
+    data: &mut [T],
+    size: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    if parallel {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, piece)| f(i, piece));
+    } else {
+        data.chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, piece)| f(i, piece));
+    }
+}
+
+/// Whether `chunks` independent chunks of work should run side by side, one
+/// per thread, rather than one after the other with threaded steps: when
+/// there are at least as many as threads (the steps' own threading syncs
+/// both threads many times per GEMM).
+fn chunks_side_by_side(chunks: usize) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && chunks >= threads
 }
 
 /// Kernel size, stride and zero padding of a convolution.
@@ -133,25 +161,31 @@ fn shifted_span(ylo: usize, yhi: usize, w: usize, shift: isize, plane: usize) ->
 
 /// Unfolds images `n0..n0 + nb` of `x` into `cols`, (C k k) rows ordered
 /// (c, dy, dx) like the weight, each row `nb * Ho * Wo` long, image-major.
-fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, n0: usize, nb: usize, cols: &mut [f32]) {
+/// Rows in parallel unless `parallel` is false.
+fn im2col(
+    x: &[f32],
+    d: &Dims,
+    g: ConvGeometry,
+    (n0, nb): (usize, usize),
+    cols: &mut [f32],
+    parallel: bool,
+) {
     let k = g.kernel;
     let hwo = d.ho * d.wo;
     let plane = d.h * d.w;
     let fast = shifts_planes(d, g);
-    cols.par_chunks_mut(nb * hwo)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, dy, dx) = (r / (k * k), (r / k) % k, r % k);
-            for i in 0..nb {
-                let img = &x[((n0 + i) * d.c + c) * plane..][..plane];
-                let out = &mut row[i * hwo..(i + 1) * hwo];
-                if fast {
-                    unfold_shifted(img, d, g, dy, dx, out);
-                } else {
-                    unfold_rows(img, d, g, dy, dx, out);
-                }
+    for_each_piece(cols, nb * hwo, parallel, |r, row| {
+        let (c, dy, dx) = (r / (k * k), (r / k) % k, r % k);
+        for i in 0..nb {
+            let img = &x[((n0 + i) * d.c + c) * plane..][..plane];
+            let out = &mut row[i * hwo..(i + 1) * hwo];
+            if fast {
+                unfold_shifted(img, d, g, dy, dx, out);
+            } else {
+                unfold_rows(img, d, g, dy, dx, out);
             }
-        });
+        }
+    });
 }
 
 /// One patch row of one image as one copy of the shifted plane, then the
@@ -218,48 +252,43 @@ fn unfold_rows(img: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dx: usize, out
 /// patch rows in (dy, dx) order. For shifted planes the padding columns of
 /// `dcols` are zeroed first, so each patch row adds in one contiguous pass (the
 /// zeros it adds change no sum).
-fn col2im(dcols: &mut [f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32]) {
+fn col2im(dcols: &mut [f32], d: &Dims, g: ConvGeometry, nb: usize, dx: &mut [f32], parallel: bool) {
     let k = g.kernel;
     let hwo = d.ho * d.wo;
     let width = nb * hwo;
     let fast = shifts_planes(d, g);
     if fast {
-        dcols
-            .par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let (xlo, xhi) = valid_columns(d.w, d.wo, r % k, g.padding);
-                zero_columns(row, d.wo, xlo, xhi);
-            });
+        for_each_piece(dcols, width, parallel, |r, row| {
+            let (xlo, xhi) = valid_columns(d.w, d.wo, r % k, g.padding);
+            zero_columns(row, d.wo, xlo, xhi);
+        });
     }
     let dcols = &*dcols;
-    dx.par_chunks_mut(d.h * d.w)
-        .enumerate()
-        .for_each(|(idx, plane)| {
-            let (i, c) = (idx / d.c, idx % d.c);
-            plane.fill(0.0);
-            for dy in 0..k {
-                for dxk in 0..k {
-                    let r = (c * k + dy) * k + dxk;
-                    let src = &dcols[r * width + i * hwo..][..hwo];
-                    if fast {
-                        let (ylo, yhi) = valid_columns(d.h, d.ho, dy, g.padding);
-                        let shift = plane_shift(d, g, dy, dxk);
-                        let (a, b) = shifted_span(ylo, yhi, d.wo, shift, plane.len());
-                        if a == b {
-                            continue;
-                        }
-                        let dst = &mut plane
-                            [(a as isize + shift) as usize..(b as isize + shift) as usize];
-                        for (dst, v) in dst.iter_mut().zip(&src[a..b]) {
-                            *dst += v;
-                        }
-                    } else {
-                        fold_rows(src, d, g, dy, dxk, plane);
+    for_each_piece(dx, d.h * d.w, parallel, |idx, plane| {
+        let (i, c) = (idx / d.c, idx % d.c);
+        plane.fill(0.0);
+        for dy in 0..k {
+            for dxk in 0..k {
+                let r = (c * k + dy) * k + dxk;
+                let src = &dcols[r * width + i * hwo..][..hwo];
+                if fast {
+                    let (ylo, yhi) = valid_columns(d.h, d.ho, dy, g.padding);
+                    let shift = plane_shift(d, g, dy, dxk);
+                    let (a, b) = shifted_span(ylo, yhi, d.wo, shift, plane.len());
+                    if a == b {
+                        continue;
                     }
+                    let dst =
+                        &mut plane[(a as isize + shift) as usize..(b as isize + shift) as usize];
+                    for (dst, v) in dst.iter_mut().zip(&src[a..b]) {
+                        *dst += v;
+                    }
+                } else {
+                    fold_rows(src, d, g, dy, dxk, plane);
                 }
             }
-        });
+        }
+    });
 }
 
 /// Adds one patch row of one image back into its plane, row by row (any stride).
@@ -292,24 +321,22 @@ fn fold_rows(src: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dxk: usize, plan
 }
 
 /// `dst` (cols x rows, row-major) = the transpose of `src` (rows x cols,
-/// row-major), in parallel over tiles of 64 source columns.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+/// row-major), by tiles of 64 source columns (in parallel if `parallel`).
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], parallel: bool) {
     const TILE: usize = 64;
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
-    dst.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(tile, out)| {
-            let j0 = tile * TILE;
-            let tile_cols = out.len() / rows;
-            for i0 in (0..rows).step_by(TILE) {
-                for i in i0..(i0 + TILE).min(rows) {
-                    let row = &src[i * cols + j0..][..tile_cols];
-                    for (j, &v) in row.iter().enumerate() {
-                        out[j * rows + i] = v;
-                    }
+    for_each_piece(dst, TILE * rows, parallel, |tile, out| {
+        let j0 = tile * TILE;
+        let tile_cols = out.len() / rows;
+        for i0 in (0..rows).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                let row = &src[i * cols + j0..][..tile_cols];
+                for (j, &v) in row.iter().enumerate() {
+                    out[j * rows + i] = v;
                 }
             }
-        });
+        }
+    });
 }
 
 /// What a convolution adds to `W cols + bias`, fused into the pass that
@@ -421,32 +448,37 @@ impl CustomOp3 for Conv2dForward {
         let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
         let (bias, addend) = bias_and_addend(self.name(), self.addend, params, aux, &d, ckk)?;
         let mut out = vec![0f32; d.b * d.o * hwo];
-        let mut cols = take_scratch(ckk * chunk * hwo);
-        let mut ymat = take_scratch(d.o * chunk * hwo);
-        for n0 in (0..d.b).step_by(chunk) {
-            let nb = chunk.min(d.b - n0);
+        // One chunk of images: unfold, multiply, add the bias and addend.
+        // Each output value comes from the same products and sums whether the
+        // chunk's steps are threaded or the chunks run side by side.
+        let forward_chunk = |n0: usize, dst: &mut [f32], parallel: bool| {
+            let nb = dst.len() / (d.o * hwo);
             let width = nb * hwo;
-            let cols = &mut cols[..ckk * width];
-            im2col(x, &d, g, n0, nb, cols);
-            let dst = &mut out[n0 * d.o * hwo..(n0 + nb) * d.o * hwo];
+            let mut cols = take_scratch(ckk * width);
+            im2col(x, &d, g, (n0, nb), &mut cols[..ckk * width], parallel);
             // One image's products (O x Ho Wo) are laid out as its output
             // already: the GEMM writes them there, and the sums below add in
             // place (the same values, one copy less).
             let in_place = nb == 1;
-            let ymat = &mut ymat[..if in_place { 0 } else { d.o * width }];
-            let cols = Mat::row_major(cols, ckk, width);
-            matmul(
-                if in_place { &mut *dst } else { &mut *ymat },
+            let mut ymat = take_scratch(if in_place { 0 } else { d.o * width });
+            let cols_mat = Mat::row_major(&cols[..ckk * width], ckk, width);
+            matmul_threaded(
+                if in_place {
+                    &mut *dst
+                } else {
+                    &mut ymat[..d.o * width]
+                },
                 false,
                 weight,
-                cols,
+                cols_mat,
+                parallel,
             );
-            let ymat = &*ymat;
-            dst.par_chunks_mut(hwo).enumerate().for_each(|(idx, dst)| {
+            let ymat_ref = &ymat[..if in_place { 0 } else { d.o * width }];
+            for_each_piece(dst, hwo, parallel, |idx, dst| {
                 let (i, o) = (idx / d.o, idx % d.o);
                 let image_channel = (n0 + i) * d.o + o;
                 let b = bias[o];
-                let src = (!in_place).then(|| &ymat[o * width + i * hwo..][..hwo]);
+                let src = (!in_place).then(|| &ymat_ref[o * width + i * hwo..][..hwo]);
                 let product = |j: usize, y: f32| src.map_or(y, |src| src[j]);
                 match self.addend {
                     Addend::None => {
@@ -468,9 +500,15 @@ impl CustomOp3 for Conv2dForward {
                     }
                 }
             });
-        }
-        give_back(cols);
-        give_back(ymat);
+            give_back(cols);
+            give_back(ymat);
+        };
+        // Chunks side by side (each on one thread, with its own buffers) when
+        // there are enough of them to go round; else each chunk threaded.
+        let side_by_side = chunks_side_by_side(d.b.div_ceil(chunk));
+        for_each_piece(&mut out, chunk * d.o * hwo, side_by_side, |c, dst| {
+            forward_chunk(c * chunk, dst, !side_by_side)
+        });
         // A residual sum takes the skip's shape (spared a reshape, whose
         // gradient candle would accumulate into a fresh buffer).
         let shape = match self.addend {
@@ -555,6 +593,49 @@ fn weight_shape(
     }
 }
 
+/// Adds each output channel's sum of the gradient `dy` over the pixels of
+/// images `n0..n0 + nb` to `acc` (f64, image by image, each image's pixels
+/// in order from the start of an f64 `sum`), and with `image_sums` (O x B)
+/// stores each channel's sum per image in candle's order. Eight channels are
+/// summed together: their sums are independent chains of additions, which
+/// one channel at a time would wait on, one addition after another.
+fn channel_sums(
+    dy: &[f32],
+    d: &Dims,
+    (n0, nb): (usize, usize),
+    acc: &mut [f64],
+    image_sums: Option<&mut [f32]>,
+    parallel: bool,
+) {
+    const LANES: usize = 8;
+    let hwo = d.ho * d.wo;
+    let start = std::iter::empty::<f64>().sum::<f64>();
+    for_each_piece(acc, LANES, parallel, |group, acc| {
+        let o0 = group * LANES;
+        for i in 0..nb {
+            let image = &dy[((n0 + i) * d.o + o0) * hwo..][..acc.len() * hwo];
+            let mut sums = [start; LANES];
+            for p in 0..hwo {
+                for (l, sum) in sums.iter_mut().enumerate().take(acc.len()) {
+                    *sum += f64::from(image[l * hwo + p]);
+                }
+            }
+            for (a, sum) in acc.iter_mut().zip(sums) {
+                *a += sum;
+            }
+        }
+    });
+    if let Some(image_sums) = image_sums {
+        for_each_piece(image_sums, d.b, parallel, |o, sums| {
+            for i in 0..nb {
+                let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
+                // In the order of the `sum_keepdim` it replaces.
+                sums[n0 + i] = candle_sum(hwo, |p| src[p]);
+            }
+        });
+    }
+}
+
 /// Backward op: (x, weight, dy) -> dx; leaves [dweight, dbias] and, for a
 /// per-image addend, its gradient in `param_grads`. Kept apart from dx: a
 /// parameter's gradient lives to the end of the step, and a view into a
@@ -605,80 +686,106 @@ impl CustomOp3 for Conv2dBackward {
         let (mut dx_all, mut param_grads) = (vec![0f32; nx], vec![0f32; nw + d.o + n_image]);
         let (dw, rest) = param_grads.split_at_mut(nw);
         let (db, d_image) = rest.split_at_mut(d.o);
-        let mut db_acc = vec![0f64; d.o];
-        // The addend's gradient channel-major (O x B), as the channels run in
-        // parallel (one unused value per channel without an addend).
-        let image_stride = if per_image { d.b } else { 1 };
-        let mut d_image_t = vec![0f32; d.o * image_stride];
-        let mut cols = take_scratch(ckk * chunk * hwo);
-        let mut dymat = take_scratch(d.o * chunk * hwo);
-        let mut dymat_t = take_scratch(d.o * chunk * hwo);
-        // dW^T (C k k x O), accumulated over chunks, transposed into dW at the end.
-        let mut dw_t = take_scratch(nw);
-        let plane = d.c * d.h * d.w;
-        for n0 in (0..d.b).step_by(chunk) {
-            let nb = chunk.min(d.b - n0);
-            let width = nb * hwo;
-            // dY as (O x images Ho Wo), with the bias's (and the addend's)
-            // sums; one image's dY is laid out so already and is not copied.
-            let sums = |i: usize, src: &[f32], acc: &mut f64, image_sums: &mut [f32]| {
-                *acc += src.iter().map(|&v| f64::from(v)).sum::<f64>();
-                if per_image {
-                    // In the order of the `sum_keepdim` it replaces.
-                    image_sums[n0 + i] = candle_sum(hwo, |p| src[p]);
+        let chunks = || {
+            (0..d.b)
+                .step_by(chunk)
+                .map(move |n0| (n0, chunk.min(d.b - n0)))
+        };
+        // The two sides share only their inputs. On two threads each runs on
+        // one, its steps in the same order as alone; on more, each side's
+        // steps are threaded too.
+        let threads = rayon::current_num_threads();
+        let inner = threads > 2;
+        // dW, db and the addend's gradient, summed over the chunks in order.
+        let mut param_side = || {
+            let mut db_acc = vec![0f64; d.o];
+            // The addend's gradient channel-major (O x B), as the channels
+            // are summed together (one unused value per channel without).
+            let image_stride = if per_image { d.b } else { 1 };
+            let mut d_image_t = vec![0f32; d.o * image_stride];
+            let mut cols = take_scratch(ckk * chunk * hwo);
+            let mut dymat_t = take_scratch(d.o * chunk * hwo);
+            // dW^T (C k k x O), accumulated over chunks, transposed into dW at the end.
+            let mut dw_t = take_scratch(nw);
+            for (n0, nb) in chunks() {
+                let width = nb * hwo;
+                channel_sums(
+                    dy,
+                    &d,
+                    (n0, nb),
+                    &mut db_acc,
+                    per_image.then_some(&mut d_image_t[..]),
+                    inner,
+                );
+                // dY with pixels as rows, (images Ho Wo) x O: the weight
+                // gradient contracts dY and the patches over pixels, the
+                // contiguous axis of both; giving the GEMM one operand
+                // pixel-major lets it skip its transposing pack of the other.
+                let dymat_t = &mut dymat_t[..width * d.o];
+                for (i, rows) in dymat_t.chunks_mut(hwo * d.o).enumerate() {
+                    let image = &dy[(n0 + i) * d.o * hwo..][..d.o * hwo];
+                    transpose_into(image, d.o, hwo, rows, inner);
                 }
-            };
-            let dymat: &[f32] = if nb == 1 {
-                let rows = &dy[n0 * d.o * hwo..][..d.o * hwo];
-                rows.par_chunks(hwo)
-                    .zip(db_acc.par_iter_mut())
-                    .zip(d_image_t.par_chunks_mut(image_stride))
-                    .for_each(|((src, acc), image_sums)| sums(0, src, acc, image_sums));
-                rows
-            } else {
-                let dymat = &mut dymat[..d.o * width];
-                dymat
-                    .par_chunks_mut(width)
-                    .zip(db_acc.par_iter_mut())
-                    .zip(d_image_t.par_chunks_mut(image_stride))
-                    .enumerate()
-                    .for_each(|(o, ((row, acc), image_sums))| {
-                        for i in 0..nb {
-                            let src = &dy[((n0 + i) * d.o + o) * hwo..][..hwo];
-                            row[i * hwo..(i + 1) * hwo].copy_from_slice(src);
-                            sums(i, src, acc, image_sums);
+                let cols = &mut cols[..ckk * width];
+                im2col(x, &d, g, (n0, nb), cols, inner);
+                matmul_threaded(
+                    &mut dw_t[..nw],
+                    n0 > 0,
+                    Mat::row_major(cols, ckk, width),
+                    Mat::row_major(dymat_t, width, d.o),
+                    inner,
+                );
+            }
+            transpose_into(&dw_t[..nw], ckk, d.o, dw, inner);
+            give_back(cols);
+            give_back(dymat_t);
+            give_back(dw_t);
+            for (dst, acc) in db.iter_mut().zip(&db_acc) {
+                *dst = *acc as f32;
+            }
+            if per_image {
+                transpose_into(&d_image_t, d.o, d.b, d_image, inner);
+            }
+        };
+        // dX = col2im(W^T dY), chunk by chunk.
+        let mut input_side = || {
+            let plane = d.c * d.h * d.w;
+            let mut dymat = take_scratch(d.o * chunk * hwo);
+            let mut dcols = take_scratch(ckk * chunk * hwo);
+            for (n0, nb) in chunks() {
+                let width = nb * hwo;
+                // dY as (O x images Ho Wo); one image's dY is laid out so
+                // already and is not copied.
+                let dymat: &[f32] = if nb == 1 {
+                    &dy[n0 * d.o * hwo..][..d.o * hwo]
+                } else {
+                    let dymat = &mut dymat[..d.o * width];
+                    for_each_piece(dymat, width, inner, |o, row| {
+                        for (i, dst) in row.chunks_mut(hwo).enumerate() {
+                            dst.copy_from_slice(&dy[((n0 + i) * d.o + o) * hwo..][..hwo]);
                         }
                     });
-                dymat
-            };
-            // dY with pixels as rows, (images Ho Wo) x O: the weight gradient
-            // contracts dY and the patches over pixels, the contiguous axis of
-            // both; giving the GEMM one operand pixel-major lets it skip its
-            // single-threaded transposing pack of the other.
-            let dymat_t = &mut dymat_t[..width * d.o];
-            transpose_into(dymat, d.o, width, dymat_t);
-            let dymat_t = &*dymat_t;
-            let cols = &mut cols[..ckk * width];
-            im2col(x, &d, g, n0, nb, cols);
-            matmul(
-                &mut dw_t[..nw],
-                n0 > 0,
-                Mat::row_major(cols, ckk, width),
-                Mat::row_major(dymat_t, width, d.o),
-            );
-            matmul(cols, false, weight.t(), Mat::row_major(dymat, d.o, width));
-            col2im(cols, &d, g, nb, &mut dx_all[n0 * plane..(n0 + nb) * plane]);
-        }
-        transpose_into(&dw_t[..nw], ckk, d.o, dw);
-        give_back(cols);
-        give_back(dymat);
-        give_back(dymat_t);
-        give_back(dw_t);
-        for (dst, acc) in db.iter_mut().zip(&db_acc) {
-            *dst = *acc as f32;
-        }
-        if per_image {
-            transpose_into(&d_image_t, d.o, d.b, d_image);
+                    dymat
+                };
+                let dcols = &mut dcols[..ckk * width];
+                matmul_threaded(
+                    dcols,
+                    false,
+                    weight.t(),
+                    Mat::row_major(dymat, d.o, width),
+                    inner,
+                );
+                let dx = &mut dx_all[n0 * plane..(n0 + nb) * plane];
+                col2im(dcols, &d, g, nb, dx, inner);
+            }
+            give_back(dymat);
+            give_back(dcols);
+        };
+        if threads > 1 {
+            rayon::join(param_side, input_side);
+        } else {
+            param_side();
+            input_side();
         }
         if let Ok(mut slot) = self.param_grads.lock() {
             *slot = Some(param_grads);
@@ -915,7 +1022,13 @@ mod tests {
             assert!(shifts_planes(&d, g));
             let (hwo, plane) = (d.ho * d.wo, h * w);
             let mut fast = vec![f32::NAN; d.ckk(g) * b * hwo];
-            im2col(&x, &d, g, 0, b, &mut fast);
+            im2col(&x, &d, g, (0, b), &mut fast, true);
+            let mut serial = vec![f32::NAN; fast.len()];
+            im2col(&x, &d, g, (0, b), &mut serial, false);
+            assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                serial.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
             let mut slow = vec![f32::NAN; fast.len()];
             for (r, row) in slow.chunks_mut(b * hwo).enumerate() {
                 let (ci, dy, dx) = (r / (k * k), (r / k) % k, r % k);
@@ -931,7 +1044,13 @@ mod tests {
             );
             let dcols = det(&[fast.len()], 0.9).to_vec1::<f32>().unwrap();
             let mut dx_fast = vec![f32::NAN; b * c * plane];
-            col2im(&mut dcols.clone(), &d, g, b, &mut dx_fast);
+            col2im(&mut dcols.clone(), &d, g, b, &mut dx_fast, true);
+            let mut dx_serial = vec![f32::NAN; b * c * plane];
+            col2im(&mut dcols.clone(), &d, g, b, &mut dx_serial, false);
+            assert_eq!(
+                dx_fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                dx_serial.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
             let mut dx_slow = vec![0f32; b * c * plane];
             for (idx, pl) in dx_slow.chunks_mut(plane).enumerate() {
                 let (i, ci) = (idx / c, idx % c);
@@ -948,6 +1067,47 @@ mod tests {
                 "col2im {h}x{w} k{k} p{p}"
             );
         }
+    }
+
+    /// The thread count changes how the work is shared, never a value: one
+    /// thread, two (the two gradients side by side, chunks of images side by
+    /// side) and four (each side threaded as well) agree bit for bit.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        use crate::test_support::bits;
+        let g = ConvGeometry {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        // At most 2 images per chunk: 3 chunks, one short.
+        let max_cols = 2 * 27 * 36;
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let x = Var::from_tensor(&det(&[5, 3, 6, 6], 0.5)).unwrap();
+                let wt = Var::from_tensor(&det(&[4, 3, 3, 3], 0.6)).unwrap();
+                let bias = Var::from_tensor(&det(&[4], 0.7)).unwrap();
+                let y = conv2d_chunked(x.as_tensor(), wt.as_tensor(), &bias, g, max_cols).unwrap();
+                let grads = (&y * &det(y.dims(), 0.8))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let mut all = bits(&y);
+                for v in [&x, &wt, &bias] {
+                    all.extend(bits(grads.get(v.as_tensor()).unwrap()));
+                }
+                all
+            })
+        };
+        let one = run(1);
+        assert_eq!(run(2), one, "two threads");
+        assert_eq!(run(4), one, "four threads");
     }
 
     #[test]
