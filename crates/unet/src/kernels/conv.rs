@@ -65,13 +65,33 @@ fn for_each_piece<T: Send>(
     }
 }
 
-/// Whether `chunks` independent chunks of work should run side by side, one
-/// per thread, rather than one after the other with threaded steps: when
-/// there are at least as many as threads (the steps' own threading syncs
-/// both threads many times per GEMM).
-fn chunks_side_by_side(chunks: usize) -> bool {
+/// Whether the `gemm` crate (0.19) computes every entry of an (m x k)(k x n)
+/// product the same way for `n_a` and for `n_b` columns. It sums the inner
+/// dimension in blocks of `kc`: `min(k, 512)` when m and n are both at most
+/// 64, otherwise a size that depends on k alone; the two agree for k <= 512.
+/// One column takes a matrix-vector path. The test
+/// `forward_chunks_give_the_same_bits` checks this on both sides of each bound.
+fn same_inner_blocking(m: usize, k: usize, n_a: usize, n_b: usize) -> bool {
+    let small = |n: usize| m <= 64 && n <= 64;
+    n_a.min(n_b) >= 2 && (k <= 512 || small(n_a) == small(n_b))
+}
+
+/// The forward pass's images per chunk, and whether each chunk's steps are
+/// threaded. Its chunks need not be the backward pass's (whose weight
+/// gradient sums over them in order): the cache-sized chunks are spread
+/// evenly, and over at least as many chunks as threads so that chunks run
+/// side by side, where that leaves every product's value unchanged.
+fn forward_chunking(d: &Dims, g: ConvGeometry, cache_chunk: usize) -> (usize, bool) {
     let threads = rayon::current_num_threads();
-    threads > 1 && chunks >= threads
+    let hwo = d.ho * d.wo;
+    let chunks = d.b.div_ceil(cache_chunk).max(threads).min(d.b).max(1);
+    let spread = d.b.div_ceil(chunks).max(1);
+    let chunk = if same_inner_blocking(d.o, d.ckk(g), cache_chunk * hwo, spread * hwo) {
+        spread
+    } else {
+        cache_chunk
+    };
+    (chunk, d.b.div_ceil(chunk) < threads)
 }
 
 /// Kernel size, stride and zero padding of a convolution.
@@ -503,11 +523,12 @@ impl CustomOp3 for Conv2dForward {
             give_back(cols);
             give_back(ymat);
         };
-        // Chunks side by side (each on one thread, with its own buffers) when
-        // there are enough of them to go round; else each chunk threaded.
-        let side_by_side = chunks_side_by_side(d.b.div_ceil(chunk));
+        // Chunks side by side, each with its own buffers; their steps are
+        // threaded only when there are fewer chunks than threads.
+        let (chunk, threaded_steps) = forward_chunking(&d, g, chunk);
+        let side_by_side = d.b > chunk;
         for_each_piece(&mut out, chunk * d.o * hwo, side_by_side, |c, dst| {
-            forward_chunk(c * chunk, dst, !side_by_side)
+            forward_chunk(c * chunk, dst, threaded_steps)
         });
         // A residual sum takes the skip's shape (spared a reshape, whose
         // gradient candle would accumulate into a fresh buffer).
@@ -1108,6 +1129,40 @@ mod tests {
         let one = run(1);
         assert_eq!(run(2), one, "two threads");
         assert_eq!(run(4), one, "four threads");
+    }
+
+    /// `same_inner_blocking` on both sides of each bound: where it says the
+    /// product of the first columns is computed the same way, the values
+    /// agree bit for bit; where it says not (k > 512 with m and n crossing
+    /// 64), they differ, so a change in `gemm`'s blocking fails here.
+    #[test]
+    fn forward_chunks_give_the_same_bits() {
+        use crate::kernels::gemm::matmul;
+        let cases = [
+            (64, 576, 128, 64, false),
+            (65, 576, 128, 16, true),
+            (64, 512, 128, 16, true),
+            (32, 576, 64, 16, true),
+            (64, 576, 192, 96, true),
+            (128, 1152, 256, 2, true),
+        ];
+        for (m, k, n_a, n_b, same) in cases {
+            assert_eq!(same_inner_blocking(m, k, n_a, n_b), same, "{m} {k} {n_a} {n_b}");
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.731).sin()).collect();
+            let b: Vec<f32> = (0..k * n_a).map(|i| (i as f32 * 0.377).cos()).collect();
+            let b_first: Vec<f32> = b.chunks(n_a).flat_map(|row| &row[..n_b]).copied().collect();
+            let (mut c_a, mut c_b) = (vec![0f32; m * n_a], vec![0f32; m * n_b]);
+            let lhs = Mat::row_major(&a, m, k);
+            matmul(&mut c_a, false, lhs, Mat::row_major(&b, k, n_a));
+            matmul(&mut c_b, false, lhs, Mat::row_major(&b_first, k, n_b));
+            let first: Vec<u32> = c_a
+                .chunks(n_a)
+                .flat_map(|row| &row[..n_b])
+                .map(|v| v.to_bits())
+                .collect();
+            let bits_b: Vec<u32> = c_b.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(first == bits_b, same, "{m} {k} {n_a} {n_b}");
+        }
     }
 
     #[test]
