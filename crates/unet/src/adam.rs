@@ -94,13 +94,24 @@ impl Adam {
     /// One update with the gradients multiplied by `grad_scale` first (as
     /// [`clip_grad_norm`] would scale them), without materialising the scaled
     /// gradients. On the CPU the update runs in place, one fused pass per tensor.
-    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
+    pub fn step_scaled(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: Option<f64>,
+    ) -> Result<()> {
         self.update(grads, lr, grad_scale, true)
     }
 
     /// The update, through the in-place CPU kernel when `fused` allows it and
     /// the parameter is on the CPU, through candle ops otherwise.
-    fn update(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>, fused: bool) -> Result<()> {
+    fn update(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: Option<f64>,
+        fused: bool,
+    ) -> Result<()> {
         self.t += 1;
         let c = &self.config;
         let t = self.t as i32;
@@ -116,15 +127,36 @@ impl Adam {
             decay: (c.weight_decay != 0.0).then_some(1.0 - lr * c.weight_decay),
             grad_scale,
         };
+        if fused
+            && self
+                .params
+                .iter()
+                .all(|(_, var)| use_cpu_kernels(var.as_tensor()))
+        {
+            // Tensor by tensor side by side: most are small (biases, norms),
+            // each too short for its own update to use both threads.
+            return self
+                .params
+                .par_iter()
+                .zip(self.m.par_iter().zip(&self.v))
+                .try_for_each(|((_, var), (m, v))| {
+                    let Some(g) = grads.get(var.as_tensor()) else {
+                        return Ok(());
+                    };
+                    adam_update(
+                        var.as_tensor(),
+                        m,
+                        v,
+                        &g.to_dtype(DType::F32)?,
+                        &kernel_step,
+                    )
+                });
+        }
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let g = g.to_dtype(DType::F32)?;
-            if fused && use_cpu_kernels(var.as_tensor()) {
-                adam_update(var.as_tensor(), &self.m[i], &self.v[i], &g, &kernel_step)?;
-                continue;
-            }
             let g = match grad_scale {
                 Some(s) => (g * s)?,
                 None => g,
@@ -179,7 +211,10 @@ impl Adam {
 
 /// The global L2 norm of the gradients of `vars` (summed in f64, in the given order).
 pub fn global_grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f64> {
-    let present: Vec<&Tensor> = vars.iter().filter_map(|(_, v)| grads.get(v.as_tensor())).collect();
+    let present: Vec<&Tensor> = vars
+        .iter()
+        .filter_map(|(_, v)| grads.get(v.as_tensor()))
+        .collect();
     if present.is_empty() {
         return Ok(0.0);
     }
@@ -261,7 +296,9 @@ mod tests {
             ..AdamConfig::default()
         };
         let make = || {
-            let w = Var::from_tensor(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()).unwrap();
+            let w =
+                Var::from_tensor(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap())
+                    .unwrap();
             let opt = Adam::new(vec![("w".into(), w.clone())], config.clone()).unwrap();
             (w, opt)
         };
@@ -269,8 +306,20 @@ mod tests {
         for (step, scale) in [(0, None), (1, Some(0.37)), (2, Some(0.9))] {
             let lr = 1e-3 * (step + 1) as f64;
             let grads_of = |w: &Var| {
-                let target = Tensor::from_vec(init.iter().map(|v| v * 0.5 - 0.1).collect::<Vec<_>>(), (50, 100), &Device::Cpu).unwrap();
-                (w.as_tensor() - target).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap()
+                let target = Tensor::from_vec(
+                    init.iter().map(|v| v * 0.5 - 0.1).collect::<Vec<_>>(),
+                    (50, 100),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                (w.as_tensor() - target)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
             };
             a.update(&grads_of(&w_a), lr, scale, true).unwrap();
             b.update(&grads_of(&w_b), lr, scale, false).unwrap();
@@ -280,6 +329,9 @@ mod tests {
         for key in ["adam_m/w", "adam_v/w"] {
             assert_eq!(bits(&sa[key]), bits(&sb[key]), "{key}");
         }
-        assert_ne!(bits(w_a.as_tensor()), bits(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap()));
+        assert_ne!(
+            bits(w_a.as_tensor()),
+            bits(&Tensor::from_vec(init.clone(), (50, 100), &Device::Cpu).unwrap())
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{config::*, eval::*};
@@ -293,14 +294,20 @@ impl<'d> Trainer<'d> {
         self.adam.step_scaled(&grads, lr, grad_scale)?;
         if let Some(ema) = &self.ema {
             let d = ema.decay;
-            for ((_, w), (_, e)) in self.vars.iter().zip(&ema.vars) {
+            let update = |((_, w), (_, e)): (&(String, Var), &(String, Var))| {
                 if use_cpu_kernels(e.as_tensor()) {
-                    ema_update(e.as_tensor(), w.as_tensor(), d)?;
+                    ema_update(e.as_tensor(), w.as_tensor(), d)
                 } else {
                     let new =
                         ((e.as_tensor().detach() * d)? + (w.as_tensor().detach() * (1.0 - d))?)?;
-                    e.set(&new)?;
+                    e.set(&new)
                 }
+            };
+            if self.device.is_cpu() {
+                // Tensor by tensor side by side, as Adam's update.
+                self.vars.par_iter().zip(&ema.vars).try_for_each(update)?;
+            } else {
+                self.vars.iter().zip(&ema.vars).try_for_each(update)?;
             }
         }
         self.step = step;
