@@ -340,19 +340,27 @@ fn fold_rows(src: &[f32], d: &Dims, g: ConvGeometry, dy: usize, dxk: usize, plan
     }
 }
 
-/// `dst` (cols x rows, row-major) = the transpose of `src` (rows x cols,
-/// row-major), by tiles of 64 source columns (in parallel if `parallel`).
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], parallel: bool) {
+/// `dst` (cols x rows, row-major, rows `stride >= rows` apart) = the
+/// transpose of `src` (rows x cols, row-major), by tiles of 64 source columns
+/// (in parallel if `parallel`); the `stride - rows` values after each
+/// destination row are left as they are.
+fn transpose_into(
+    src: &[f32],
+    (rows, cols): (usize, usize),
+    dst: &mut [f32],
+    stride: usize,
+    parallel: bool,
+) {
     const TILE: usize = 64;
-    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
-    for_each_piece(dst, TILE * rows, parallel, |tile, out| {
+    let (src, dst) = (&src[..rows * cols], &mut dst[..cols * stride]);
+    for_each_piece(dst, TILE * stride, parallel, |tile, out| {
         let j0 = tile * TILE;
-        let tile_cols = out.len() / rows;
+        let tile_cols = out.len() / stride;
         for i0 in (0..rows).step_by(TILE) {
             for i in i0..(i0 + TILE).min(rows) {
                 let row = &src[i * cols + j0..][..tile_cols];
                 for (j, &v) in row.iter().enumerate() {
-                    out[j * rows + i] = v;
+                    out[j * stride + i] = v;
                 }
             }
         }
@@ -527,9 +535,20 @@ impl CustomOp3 for Conv2dForward {
         // threaded only when there are fewer chunks than threads.
         let (chunk, threaded_steps) = forward_chunking(&d, g, chunk);
         let side_by_side = d.b > chunk;
-        for_each_piece(&mut out, chunk * d.o * hwo, side_by_side, |c, dst| {
-            forward_chunk(c * chunk, dst, threaded_steps)
-        });
+        let size = chunk * d.o * hwo;
+        if side_by_side {
+            // One chunk per task: rayon would otherwise hand each thread a
+            // run of chunks, and one thread could finish its run long before
+            // the other (a chunk is a few hundred microseconds).
+            out.par_chunks_mut(size)
+                .with_max_len(1)
+                .enumerate()
+                .for_each(|(c, dst)| forward_chunk(c * chunk, dst, threaded_steps));
+        } else {
+            for (c, dst) in out.chunks_mut(size).enumerate() {
+                forward_chunk(c * chunk, dst, threaded_steps);
+            }
+        }
         // A residual sum takes the skip's shape (spared a reshape, whose
         // gradient candle would accumulate into a fresh buffer).
         let shape = match self.addend {
@@ -565,28 +584,16 @@ impl CustomOp3 for Conv2dForward {
         };
         let n = param_grads.len();
         let flat = Tensor::from_vec(param_grads, n, x.device())?;
-        let o = params.dim(0)?;
-        let nw = match self.addend {
-            Addend::Residual => params.elem_count() - o,
-            Addend::None | Addend::PerImage => params.elem_count(),
-        };
-        let dw = flat.narrow(0, 0, nw)?;
-        let db = flat.narrow(0, nw, o)?;
-        Ok(match self.addend {
-            Addend::None => (Some(dx), Some(dw.reshape(params.shape())?), Some(db)),
-            Addend::PerImage => {
-                let rows = flat.narrow(0, nw, aux.elem_count())?;
-                (
-                    Some(dx),
-                    Some(dw.reshape(params.shape())?),
-                    Some(rows.reshape(aux.shape())?),
-                )
-            }
-            Addend::Residual => {
-                let dparams = Tensor::cat(&[dw.reshape((o, nw / o))?, db.reshape((o, 1))?], 1)?;
-                (Some(grad), Some(dx), Some(dparams))
-            }
-        })
+        if self.addend == Addend::Residual {
+            // Already laid out as the packed [W | b] rows.
+            return Ok((Some(grad), Some(dx), Some(flat.reshape(params.shape())?)));
+        }
+        let nw = params.elem_count();
+        let dw = flat.narrow(0, 0, nw)?.reshape(params.shape())?;
+        // The bias's gradient, and after it for a per-image addend the
+        // addend's: together the gradient of the (1 + B, O) rows.
+        let rest = flat.narrow(0, nw, aux.elem_count())?;
+        Ok((Some(dx), Some(dw), Some(rest.reshape(aux.shape())?)))
     }
 }
 
@@ -704,9 +711,17 @@ impl CustomOp3 for Conv2dBackward {
         let per_image = self.addend == Addend::PerImage;
         let (nx, nw) = (x.len(), d.o * ckk);
         let n_image = if per_image { d.b * d.o } else { 0 };
-        let (mut dx_all, mut param_grads) = (vec![0f32; nx], vec![0f32; nw + d.o + n_image]);
-        let (dw, rest) = param_grads.split_at_mut(nw);
-        let (db, d_image) = rest.split_at_mut(d.o);
+        // [dW | db | the addend's gradient], or for a residual sum [dW | db]
+        // row by row, the layout of its packed parameters.
+        let packed = self.addend == Addend::Residual;
+        let row = if packed { ckk + 1 } else { ckk };
+        let n_db = if packed { 0 } else { d.o };
+        let mut param_grads = vec![0f32; d.o * row + n_db + n_image];
+        let (dw, rest) = param_grads.split_at_mut(d.o * row);
+        let (db, d_image) = rest.split_at_mut(n_db);
+        // Zeroed by both threads (a serial memset of megabytes otherwise).
+        let mut dx_all = Vec::with_capacity(nx);
+        dx_all.par_extend(rayon::iter::repeat_n(0f32, nx));
         let chunks = || {
             (0..d.b)
                 .step_by(chunk)
@@ -745,7 +760,7 @@ impl CustomOp3 for Conv2dBackward {
                 let dymat_t = &mut dymat_t[..width * d.o];
                 for (i, rows) in dymat_t.chunks_mut(hwo * d.o).enumerate() {
                     let image = &dy[(n0 + i) * d.o * hwo..][..d.o * hwo];
-                    transpose_into(image, d.o, hwo, rows, inner);
+                    transpose_into(image, (d.o, hwo), rows, d.o, inner);
                 }
                 let cols = &mut cols[..ckk * width];
                 im2col(x, &d, g, (n0, nb), cols, inner);
@@ -757,15 +772,19 @@ impl CustomOp3 for Conv2dBackward {
                     inner,
                 );
             }
-            transpose_into(&dw_t[..nw], ckk, d.o, dw, inner);
+            transpose_into(&dw_t[..nw], (ckk, d.o), dw, row, inner);
             give_back(cols);
             give_back(dymat_t);
             give_back(dw_t);
-            for (dst, acc) in db.iter_mut().zip(&db_acc) {
-                *dst = *acc as f32;
+            for (o, acc) in db_acc.iter().enumerate() {
+                if packed {
+                    dw[o * row + ckk] = *acc as f32;
+                } else {
+                    db[o] = *acc as f32;
+                }
             }
             if per_image {
-                transpose_into(&d_image_t, d.o, d.b, d_image, inner);
+                transpose_into(&d_image_t, (d.o, d.b), d_image, d.o, inner);
             }
         };
         // dX = col2im(W^T dY), chunk by chunk.
@@ -1147,7 +1166,11 @@ mod tests {
             (128, 1152, 256, 2, true),
         ];
         for (m, k, n_a, n_b, same) in cases {
-            assert_eq!(same_inner_blocking(m, k, n_a, n_b), same, "{m} {k} {n_a} {n_b}");
+            assert_eq!(
+                same_inner_blocking(m, k, n_a, n_b),
+                same,
+                "{m} {k} {n_a} {n_b}"
+            );
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.731).sin()).collect();
             let b: Vec<f32> = (0..k * n_a).map(|i| (i as f32 * 0.377).cos()).collect();
             let b_first: Vec<f32> = b.chunks(n_a).flat_map(|row| &row[..n_b]).copied().collect();
