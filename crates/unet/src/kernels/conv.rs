@@ -79,12 +79,18 @@ fn same_inner_blocking(m: usize, k: usize, n_a: usize, n_b: usize) -> bool {
 /// The forward pass's images per chunk, and whether each chunk's steps are
 /// threaded. Its chunks need not be the backward pass's (whose weight
 /// gradient sums over them in order): the cache-sized chunks are spread
-/// evenly, and over at least as many chunks as threads so that chunks run
-/// side by side, where that leaves every product's value unchanged.
+/// evenly over a multiple of the thread count, so that the threads run
+/// chunks side by side with as many each, where that leaves every product's
+/// value unchanged.
 fn forward_chunking(d: &Dims, g: ConvGeometry, cache_chunk: usize) -> (usize, bool) {
     let threads = rayon::current_num_threads();
     let hwo = d.ho * d.wo;
-    let chunks = d.b.div_ceil(cache_chunk).max(threads).min(d.b).max(1);
+    // A multiple of the thread count, so that every thread gets as many.
+    let chunks =
+        d.b.div_ceil(cache_chunk)
+            .next_multiple_of(threads)
+            .min(d.b)
+            .max(1);
     let spread = d.b.div_ceil(chunks).max(1);
     let chunk = if same_inner_blocking(d.o, d.ckk(g), cache_chunk * hwo, spread * hwo) {
         spread
