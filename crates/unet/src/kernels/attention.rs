@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::gemm::{Mat, matmul_threaded};
 use super::softmax::{row_backward, row_forward};
+use super::{f32_slice, zeroed};
 
 /// The forward's logits and weights, (B, N, N) each, kept for the backward
 /// as the composite's graph kept its two tensors.
@@ -80,9 +80,9 @@ impl CustomOp1 for Attention {
         let (b, n) = images_and_positions(self.name(), l, c)?;
         let qkv = f32_slice(self.name(), s, l)?;
         let threaded = threaded_products(b);
-        let mut out = vec![0f32; b * c * n];
-        let mut logits = vec![0f32; b * n * n];
-        let mut weights = vec![0f32; b * n * n];
+        let mut out = zeroed(b * c * n);
+        let mut logits = zeroed(b * n * n);
+        let mut weights = zeroed(b * n * n);
         out.par_chunks_mut(c * n)
             .zip(logits.par_chunks_mut(n * n))
             .zip(weights.par_chunks_mut(n * n))
@@ -142,7 +142,7 @@ impl CustomOp2 for AttentionBackward<'_> {
         }
         let Saved { logits, weights } = self.saved;
         let threaded = threaded_products(b);
-        let mut d_qkv = vec![0f32; qkv.len()];
+        let mut d_qkv = zeroed(qkv.len());
         d_qkv
             .par_chunks_mut(3 * c * n)
             .zip(qkv.par_chunks(3 * c * n))
@@ -234,7 +234,11 @@ mod tests {
             };
             assert_eq!(got.dims(), want.dims());
             assert_eq!(bits(&got), bits(&want), "values of {b}x{c}x{n}");
-            assert_eq!(bits(&grad(&got)), bits(&grad(&want)), "gradient of {b}x{c}x{n}");
+            assert_eq!(
+                bits(&grad(&got)),
+                bits(&grad(&want)),
+                "gradient of {b}x{c}x{n}"
+            );
         }
     }
 }

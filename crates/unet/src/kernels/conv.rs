@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
 use super::gemm::{Mat, matmul_threaded};
 use super::reduce::candle_sum;
+use super::{f32_slice, zeroed};
 
 /// At most this many f32 in the unfolded patches at once (2 MiB, so they stay
 /// in the L2 cache between the unfolding and the GEMM): larger
@@ -481,7 +481,7 @@ impl CustomOp3 for Conv2dForward {
         let (ckk, hwo, chunk) = (d.ckk(g), d.ho * d.wo, d.chunk(g, self.max_cols));
         let weight = weight_matrix(self.name(), self.addend, params, &d, ckk)?;
         let (bias, addend) = bias_and_addend(self.name(), self.addend, params, aux, &d, ckk)?;
-        let mut out = vec![0f32; d.b * d.o * hwo];
+        let mut out = zeroed(d.b * d.o * hwo);
         // One chunk of images: unfold, multiply, add the bias and addend.
         // Each output value comes from the same products and sums whether the
         // chunk's steps are threaded or the chunks run side by side.
@@ -725,9 +725,7 @@ impl CustomOp3 for Conv2dBackward {
         let mut param_grads = vec![0f32; d.o * row + n_db + n_image];
         let (dw, rest) = param_grads.split_at_mut(d.o * row);
         let (db, d_image) = rest.split_at_mut(n_db);
-        // Zeroed by both threads (a serial memset of megabytes otherwise).
-        let mut dx_all = Vec::with_capacity(nx);
-        dx_all.par_extend(rayon::iter::repeat_n(0f32, nx));
+        let mut dx_all = zeroed(nx);
         let chunks = || {
             (0..d.b)
                 .step_by(chunk)

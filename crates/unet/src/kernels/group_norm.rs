@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{expf, f32_slice, with_cpu_values};
+use super::{expf, f32_slice, with_cpu_values, zeroed};
 
 /// Groups, epsilon and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -115,7 +115,7 @@ fn sigmoids(out: &mut [f32], z: impl Fn(usize) -> f32) {
 struct GroupNormForward {
     spec: GroupNormSpec,
     stats: OnceLock<Statistics>,
-    mask: Option<Arc<[f32]>>,
+    mask: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp3 for GroupNormForward {
@@ -165,7 +165,7 @@ impl CustomOp3 for GroupNormForward {
                 stats
             }
         };
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         out.par_chunks_mut(cpg * hw)
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
@@ -269,7 +269,7 @@ impl CustomOp3 for GroupNormBackward {
         let (gamma, beta) = affine.split_at(c);
         let cpg = c / spec.groups;
         let group = cpg * hw;
-        let (mut dx, mut affine_grads) = (vec![0f32; x.len()], vec![0f32; 2 * c]);
+        let (mut dx, mut affine_grads) = (zeroed(x.len()), vec![0f32; 2 * c]);
         // Per-(image, channel) partial sums of dgamma and dbeta, summed over
         // images afterwards in image order.
         let mut partial = vec![(0f64, 0f64); b * c];
@@ -592,7 +592,8 @@ pub fn group_norm_masked(
     mask: Vec<f32>,
     stats: Option<Statistics>,
 ) -> Result<Tensor> {
-    apply(x, gamma, beta, spec, Some(mask.into()), stats)
+    // Moved, not copied: an activation-sized buffer.
+    apply(x, gamma, beta, spec, Some(Arc::new(mask)), stats)
 }
 
 /// The mean and 1 / sqrt(var + eps) of every (image, group) of `x` (CPU,
@@ -609,7 +610,7 @@ fn apply(
     gamma: &Tensor,
     beta: &Tensor,
     spec: GroupNormSpec,
-    mask: Option<Arc<[f32]>>,
+    mask: Option<Arc<Vec<f32>>>,
     stats: Option<Statistics>,
 ) -> Result<Tensor> {
     let known = OnceLock::new();

@@ -23,6 +23,20 @@ pub mod softmax;
 pub mod upsample;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+/// `len` zeros for an op's output, written by all threads when long: a
+/// kernel's buffer is a few megabytes, and `vec![0.0; len]` zeroes it on the
+/// calling thread alone (glibc's `calloc` clears reused memory with `memset`).
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    const PARALLEL_FROM: usize = 1 << 16;
+    if len < PARALLEL_FROM {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0f32, len));
+    v
+}
 
 /// Whether the fused CPU kernels apply to `x`: an f32 tensor on the CPU.
 pub fn use_cpu_kernels(x: &Tensor) -> bool {

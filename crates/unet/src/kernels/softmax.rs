@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::reduce::candle_sum;
-use super::{expf, f32_slice};
+use super::{expf, f32_slice, zeroed};
 
 /// `e = exp(z - max z)` of one row into `e`, with `z = x scale + 0` (candle's
 /// `affine`, as in `x * scale`) when there is a scale, else `z = x`; returns
@@ -94,7 +94,7 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (xs, n) = rows(self.name(), s, l)?;
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeroed(xs.len());
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n))
             .for_each(|(y, xs)| row_forward(xs, self.scale, y));
@@ -135,7 +135,7 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
                 xs.len()
             )
         }
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeroed(xs.len());
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n).zip(gs.par_chunks(n)))
             .for_each(|(dx, (xs, gs))| row_backward(xs, gs, self.scale, dx));

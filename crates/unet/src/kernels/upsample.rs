@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, zeroed};
 
 /// (B, C, H, W) -> (B, C, 2H, 2W), each value repeated over a 2x2 block.
 struct Upsample2x;
@@ -22,7 +22,7 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let x = f32_slice(self.name(), s, l)?;
-        let mut out = vec![0f32; 4 * x.len()];
+        let mut out = zeroed(4 * x.len());
         out.par_chunks_mut(4 * h * w)
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
@@ -56,7 +56,7 @@ impl CustomOp1 for Upsample2xBackward {
         }
         let dy = f32_slice(self.name(), s, l)?;
         let (h, w) = (h2 / 2, w2 / 2);
-        let mut out = vec![0f32; b * c * h * w];
+        let mut out = zeroed(b * c * h * w);
         out.par_chunks_mut(h * w)
             .zip(dy.par_chunks(4 * h * w))
             .for_each(|(dst, src)| {
