@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::attention::AttentionBlock;
 use crate::downsample::Downsample;
 use crate::dropout::ForwardMode;
+use crate::kernels::{self, use_cpu_kernels};
 use crate::layers::{Conv2d, ConvImpl, GroupNorm, group_norm, group_norm_params};
 use crate::resblock::ResBlock;
 use crate::time_embedding::TimeEmbedding;
@@ -213,7 +214,14 @@ impl UNet {
                 params += b.param_count();
                 blocks.push(b);
                 ch = out;
-                attns.push(attention_at(config, res, ch, g, vbl.pp("attn").pp(j), &mut params)?);
+                attns.push(attention_at(
+                    config,
+                    res,
+                    ch,
+                    g,
+                    vbl.pp("attn").pp(j),
+                    &mut params,
+                )?);
                 skip_ch.push(ch);
             }
             let d = if i + 1 != levels {
@@ -255,7 +263,14 @@ impl UNet {
                 params += b.param_count();
                 blocks.push(b);
                 ch = out;
-                attns.push(attention_at(config, res, ch, g, vbl.pp("attn").pp(j), &mut params)?);
+                attns.push(attention_at(
+                    config,
+                    res,
+                    ch,
+                    g,
+                    vbl.pp("attn").pp(j),
+                    &mut params,
+                )?);
             }
             let u = if i != 0 {
                 let u = Upsample::new(ch, vbl.pp("upsample"))?.with_conv_impl(ci);
@@ -344,7 +359,12 @@ impl UNet {
                 let skip = hs
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("skip stack exhausted".into()))?;
-                h = b.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, mode)?;
+                let joined = if use_cpu_kernels(&h) {
+                    kernels::concat::cat_channels(&h, &skip)?
+                } else {
+                    Tensor::cat(&[&h, &skip], 1)?
+                };
+                h = b.forward(&joined, &temb, mode)?;
                 if let Some(a) = a {
                     h = a.forward(&h)?;
                 }

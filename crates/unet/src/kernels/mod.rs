@@ -12,6 +12,7 @@
 //! bit-identical whatever the number of threads.
 
 pub mod attention;
+pub mod concat;
 pub mod conv;
 pub mod expf;
 pub mod gemm;
