@@ -714,7 +714,7 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = sum_of(entry.get(), grad)?;
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
@@ -772,4 +772,34 @@ impl GradStore {
     pub fn get_ids(&self) -> impl Iterator<Item = &TensorId> {
         self.0.keys()
     }
+}
+
+/// `a + b`, with the same values as `Tensor::add`; for large contiguous f32
+/// tensors of one shape on the CPU, added by rayon's threads (an
+/// application may keep candle's own elementwise ops to one thread).
+fn sum_of(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use crate::{CpuStorage, DType, Storage};
+    use rayon::prelude::*;
+    const PARALLEL_FROM: usize = 1 << 16;
+    let n = a.elem_count();
+    let eligible = n >= PARALLEL_FROM
+        && a.shape() == b.shape()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.is_contiguous()
+        && b.is_contiguous();
+    if eligible {
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) = (&*sa, &*sb) {
+            let x = &x[la.start_offset()..][..n];
+            let y = &y[lb.start_offset()..][..n];
+            let mut sum = Vec::with_capacity(n);
+            sum.par_extend(x.par_iter().zip(y.par_iter()).map(|(p, q)| p + q));
+            return Tensor::from_vec(sum, a.shape(), a.device());
+        }
+    }
+    a.add(b)
 }
