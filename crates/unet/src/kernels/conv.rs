@@ -66,14 +66,15 @@ fn for_each_piece<T: Send>(
 }
 
 /// Whether the `gemm` crate (0.19) computes every entry of an (m x k)(k x n)
-/// product the same way for `n_a` and for `n_b` columns. It sums the inner
+/// product the same way for each width n in `widths`. It sums the inner
 /// dimension in blocks of `kc`: `min(k, 512)` when m and n are both at most
 /// 64, otherwise a size that depends on k alone; the two agree for k <= 512.
 /// One column takes a matrix-vector path. The test
 /// `forward_chunks_give_the_same_bits` checks this on both sides of each bound.
-fn same_inner_blocking(m: usize, k: usize, n_a: usize, n_b: usize) -> bool {
+fn same_inner_blocking(m: usize, k: usize, widths: &[usize]) -> bool {
     let small = |n: usize| m <= 64 && n <= 64;
-    n_a.min(n_b) >= 2 && (k <= 512 || small(n_a) == small(n_b))
+    let first = widths.first().copied().unwrap_or(2);
+    widths.iter().all(|&n| n >= 2) && (k <= 512 || widths.iter().all(|&n| small(n) == small(first)))
 }
 
 /// The forward pass's images per chunk, and whether each chunk's steps are
@@ -92,7 +93,15 @@ fn forward_chunking(d: &Dims, g: ConvGeometry, cache_chunk: usize) -> (usize, bo
             .min(d.b)
             .max(1);
     let spread = d.b.div_ceil(chunks).max(1);
-    let chunk = if same_inner_blocking(d.o, d.ckk(g), cache_chunk * hwo, spread * hwo) {
+    // Every product of either chunking, a short last chunk's included: each
+    // image must be multiplied in the blocking the cache-sized chunks give it.
+    let widths: Vec<usize> = [cache_chunk, spread]
+        .iter()
+        .flat_map(|&chunk| [chunk, d.b % chunk])
+        .filter(|&images| images > 0)
+        .map(|images| images * hwo)
+        .collect();
+    let chunk = if same_inner_blocking(d.o, d.ckk(g), &widths) {
         spread
     } else {
         cache_chunk
@@ -1171,7 +1180,7 @@ mod tests {
         ];
         for (m, k, n_a, n_b, same) in cases {
             assert_eq!(
-                same_inner_blocking(m, k, n_a, n_b),
+                same_inner_blocking(m, k, &[n_a, n_b]),
                 same,
                 "{m} {k} {n_a} {n_b}"
             );
@@ -1190,6 +1199,34 @@ mod tests {
             let bits_b: Vec<u32> = c_b.iter().map(|v| v.to_bits()).collect();
             assert_eq!(first == bits_b, same, "{m} {k} {n_a} {n_b}");
         }
+    }
+
+    /// Figure 1's 8x8 convolution of the concatenated skip (128 channels in,
+    /// 64 out): cache-sized chunks of 7 images and 1, the one image's product
+    /// only 64 wide, in gemm's small blocking. Spread as 4 and 4 it would be
+    /// multiplied in the other blocking, so the chunks stay as they were.
+    #[test]
+    fn a_short_last_chunk_keeps_its_blocking() {
+        let g = ConvGeometry {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let d = Dims {
+            b: 8,
+            c: 128,
+            h: 8,
+            w: 8,
+            o: 64,
+            ho: 8,
+            wo: 8,
+        };
+        let cache_chunk = d.chunk(g, MAX_COLS);
+        assert_eq!(cache_chunk, 7);
+        assert_eq!(forward_chunking(&d, g, cache_chunk).0, 7);
+        // With 128 outputs every product is in the general blocking: spread.
+        let wide = Dims { o: 128, ..d };
+        assert_eq!(forward_chunking(&wide, g, cache_chunk).0, 4);
     }
 
     #[test]
